@@ -1,0 +1,1 @@
+"""HTTP and WebSocket blueprints; each module serves one resource."""

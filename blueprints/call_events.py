@@ -1,0 +1,158 @@
+"""Server-to-server publishing of call events, and a call's latest status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import marshmallow as ma
+from flask import request
+from flask.views import MethodView
+from flask_smorest import Blueprint, abort
+
+from blueprints.schemas import EventSchema, PublishAnswerSchema
+from webapp.brokers.base import BrokerUnavailable
+from webapp.config import normalise_email
+from webapp.events import EventDraft, PublishError
+from webapp.guards import current_identity, require_api_key
+from webapp.realtime import realtime
+
+MAX_BATCH = 500
+
+blp = Blueprint(
+    "call_events", __name__, url_prefix="/api/v6/call",
+    description="Publish call status changes; read a call's latest status",
+)
+
+_event_schema = EventSchema()
+
+
+def draft_from(item: Any) -> EventDraft:
+    """Validate one published object into a draft; raise ``ma.ValidationError``."""
+    if not isinstance(item, dict):
+        raise ma.ValidationError("each event must be a JSON object")
+    body = _event_schema.load(item)
+    user_id = normalise_email(body["userId"]) if body["userId"] is not None else None
+    return EventDraft(
+        call_id=body["callId"],
+        status=body["status"],
+        user_id=user_id or None,
+        data=body["data"],
+        timestamp=body["timestamp"],
+        idempotency_key=body["idempotencyKey"],
+    )
+
+
+def _validation_message(error: ma.ValidationError) -> str:
+    messages = error.messages
+    if isinstance(messages, dict):
+        return "Invalid event: " + "; ".join(
+            f"{field}: {' '.join(map(str, problems)) if isinstance(problems, list) else problems}"
+            for field, problems in messages.items()
+        )
+    return "Invalid event: " + " ".join(map(str, messages))
+
+
+def _publish_one(item: Any) -> tuple[int, dict[str, Any]]:
+    """Publish one item; return (HTTP status, result object)."""
+    try:
+        draft = draft_from(item)
+    except ma.ValidationError as error:
+        return 400, {"success": False, "message": _validation_message(error)}
+    try:
+        result = realtime().publish(draft, source="api")
+    except PublishError as refusal:
+        return refusal.status, {"success": False, "message": str(refusal)}
+    return 200, {"success": True, **result.as_json()}
+
+
+@blp.route("/events")
+class Events(MethodView):
+    @blp.doc(
+        security=[{"apiKeyAuth": []}],
+        requestBody={
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "oneOf": [
+                            {"$ref": "#/components/schemas/Event"},
+                            {
+                                "type": "array",
+                                "maxItems": MAX_BATCH,
+                                "items": {"$ref": "#/components/schemas/Event"},
+                            },
+                        ]
+                    }
+                }
+            },
+        },
+    )
+    @blp.response(200, PublishAnswerSchema)
+    @blp.alt_response(400, description="Invalid event or batch")
+    @blp.alt_response(401, description="Missing or wrong X-API-Key")
+    @blp.alt_response(409, description="The call belongs to another user")
+    @blp.alt_response(503, description="Broker unavailable; retry")
+    def post(self) -> Any:
+        """Publish one call status change, or a batch of up to 500 in order."""
+        require_api_key()
+        body = request.get_json(silent=True)
+        if body is None:
+            abort(400, message="Body must be a JSON event object or an array of them")
+        try:
+            if isinstance(body, list):
+                return self._batch(body)
+            status, result = _publish_one(body)
+        except BrokerUnavailable:
+            abort(503, message="Broker unavailable: event not accepted, retry shortly")
+        if status != 200:
+            abort(status, message=result["message"])
+        result.pop("success")
+        return {"success": True, "data": result}
+
+    @staticmethod
+    def _batch(items: list[Any]) -> Any:
+        if not 1 <= len(items) <= MAX_BATCH:
+            abort(400, message=f"A batch holds 1 to {MAX_BATCH} events, not {len(items)}")
+        results: list[dict[str, Any]] = []
+        for index, item in enumerate(items):
+            try:
+                status, result = _publish_one(item)
+            except BrokerUnavailable:
+                # Earlier items were accepted; say which, so a retry can skip them.
+                return {
+                    "success": False,
+                    "message": f"Broker unavailable at item {index}: "
+                    "items before it were accepted, retry the rest",
+                    "data": results,
+                }, 503
+            results.append({"code": status, **result})
+        return {"success": True, "data": results}
+
+
+@blp.route("/<string:call_id>/status")
+class CallStatus(MethodView):
+    @blp.doc(security=[{"bearerAuth": []}])
+    @blp.response(200, PublishAnswerSchema)
+    @blp.alt_response(401, description="Missing or invalid token")
+    @blp.alt_response(403, description="The call belongs to another user")
+    @blp.alt_response(404, description="Unknown call")
+    def get(self, call_id: str) -> dict[str, Any]:
+        """Return the latest status of a call, to its owner only."""
+        identity = current_identity()
+        try:
+            state = realtime().broker.call_state(call_id)
+        except BrokerUnavailable:
+            abort(503, message="Broker unavailable: retry shortly")
+        if state is None:
+            abort(404, message=f"Unknown call: {call_id}")
+        if state.owner != identity.email:
+            abort(403, message="This call belongs to another user")
+        return {
+            "success": True,
+            "data": {
+                "callId": state.call_id,
+                "status": state.status,
+                "updatedAt": state.updated_at,
+                "event": state.event,
+            },
+        }

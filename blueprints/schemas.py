@@ -1,0 +1,74 @@
+"""Marshmallow schemas shared by the REST blueprints (documented in OpenAPI)."""
+
+from __future__ import annotations
+
+import marshmallow as ma
+from marshmallow import validate
+
+from webapp.events import STATUSES
+
+
+class EventSchema(ma.Schema):
+    """One call status change, as a backend publishes it."""
+
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    callId = ma.fields.String(
+        required=True, validate=validate.Length(min=1, max=256),
+        metadata={"description": "The provider's or your own call id"},
+    )
+    userId = ma.fields.String(
+        load_default=None, validate=validate.Length(min=1, max=320),
+        metadata={"description": "Email of the call's owner; may be omitted once the owner is known"},
+    )
+    status = ma.fields.String(
+        required=True, validate=validate.OneOf(STATUSES),
+        metadata={"description": "One of " + ", ".join(STATUSES)},
+    )
+    data = ma.fields.Dict(
+        load_default=dict,
+        metadata={"description": "Free-form details delivered as the event's data"},
+    )
+    idempotencyKey = ma.fields.String(
+        load_default=None, validate=validate.Length(min=1, max=256),
+        metadata={"description": "Makes a retried publish a no-op for at least 5 minutes"},
+    )
+    timestamp = ma.fields.String(
+        load_default=None,
+        metadata={"description": "When the status changed (ISO 8601); default: when received"},
+    )
+
+
+class PublishResultSchema(ma.Schema):
+    id = ma.fields.String(allow_none=True, metadata={"description": "Event id, null when dropped"})
+    delivered = ma.fields.Integer(metadata={"description": "Connections reached"})
+    dropped = ma.fields.String(metadata={"description": "duplicate or stale, when dropped"})
+
+
+class PublishAnswerSchema(ma.Schema):
+    success = ma.fields.Boolean()
+    data = ma.fields.Raw(metadata={"description": "A result, or a list of results for a batch"})
+
+
+class TestMessageSchema(ma.Schema):
+    """The seed's test message request."""
+
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    targetUserId = ma.fields.String(required=True, validate=validate.Length(min=1, max=320))
+    message = ma.fields.Raw(load_default="Test message from Callwire")
+    event = ma.fields.String(load_default="test.event", validate=validate.Length(min=1, max=128))
+
+
+class SuccessSchema(ma.Schema):
+    success = ma.fields.Boolean()
+    message = ma.fields.String()
+    data = ma.fields.Raw()
+    delivered = ma.fields.Integer()
+
+
+class ErrorSchema(ma.Schema):
+    success = ma.fields.Boolean(metadata={"description": "Always false"})
+    message = ma.fields.String(metadata={"description": "What went wrong"})

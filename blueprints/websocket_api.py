@@ -1,0 +1,87 @@
+"""The seed's REST endpoints: send a test message, list connected clients."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask.views import MethodView
+from flask_smorest import Blueprint, abort
+
+from blueprints.schemas import SuccessSchema, TestMessageSchema
+from webapp.brokers.base import BrokerUnavailable
+from webapp.config import normalise_email
+from webapp.events import utc_timestamp
+from webapp.guards import current_identity, is_admin
+from webapp.realtime import realtime
+
+blp = Blueprint(
+    "websocket", __name__, url_prefix="/api/v6/call/websocket",
+    description="Test messages and connected clients (seed endpoints)",
+)
+
+
+@blp.route("/test")
+class TestMessage(MethodView):
+    @blp.doc(security=[{"bearerAuth": []}])
+    @blp.arguments(TestMessageSchema)
+    @blp.response(200, SuccessSchema)
+    def post(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Send a live-only test message to every connection of a user."""
+        identity = current_identity()
+        target = normalise_email(body["targetUserId"])
+        if not target:
+            abort(400, message="targetUserId must be a non-empty email")
+        message = {
+            "event": body["event"],
+            "callId": "test_call",
+            "status": "test",
+            "data": {
+                "message": body["message"],
+                "timestamp": utc_timestamp(),
+                "sender": identity.email,
+            },
+        }
+        try:
+            delivered = realtime().publish_transient(target, message)
+        except BrokerUnavailable:
+            abort(503, message="Broker unavailable: test message not sent, retry shortly")
+        return {
+            "success": True,
+            "message": "WebSocket message sent successfully",
+            "data": message,
+            "delivered": delivered,
+        }
+
+
+@blp.route("/clients")
+class Clients(MethodView):
+    @blp.doc(security=[{"bearerAuth": []}])
+    @blp.response(200, SuccessSchema)
+    def get(self) -> dict[str, Any]:
+        """List open connections: every user's for admins, the caller's own otherwise."""
+        identity = current_identity()
+        try:
+            connections = realtime().broker.presence()
+        except BrokerUnavailable:
+            abort(503, message="Broker unavailable: cannot list clients right now")
+        admin = is_admin(identity)
+        if not admin:
+            connections = [c for c in connections if c.user_id == identity.email]
+        users: dict[str, list[dict[str, str]]] = {}
+        for info in sorted(connections, key=lambda c: (c.user_id, c.connected_at)):
+            users.setdefault(info.user_id, []).append(
+                {"id": info.id, "connectedAt": info.connected_at, "transport": info.transport}
+            )
+        return {
+            "success": True,
+            "message": "WebSocket clients endpoint - check server logs for connected clients",
+            "data": {
+                "scope": "all" if admin else "self",
+                "totalConnections": len(connections),
+                "totalUsers": len(users),
+                "users": [
+                    {"userId": user, "connections": conns, "connectionCount": len(conns)}
+                    for user, conns in users.items()
+                ],
+            },
+        }

@@ -1,0 +1,64 @@
+"""The WebSocket endpoint at ``/`` (the seed's URL) and ``/ws``.
+
+Before flask-sock performs the handshake, a hook checks the Origin, removes
+the permessage-deflate offer (141 KiB per connection, STACK-NOTES) and wraps
+the raw socket so every write is whole and bounded in time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, request
+from flask_sock import Sock
+
+from webapp.connection import SafeSocket, WebSocketConnection
+from webapp.errors import error_response
+from webapp.realtime import realtime
+from webapp.session import Session
+
+bp = Blueprint("ws", __name__)
+sock = Sock()
+
+_SOCKET_KEYS = ("gunicorn.socket", "werkzeug.socket")
+
+
+def _is_upgrade() -> bool:
+    return request.headers.get("Upgrade", "").lower() == "websocket"
+
+
+@bp.before_request
+def prepare_handshake() -> Any:
+    """Refuse foreign origins and prepare the socket before the handshake happens."""
+    if not _is_upgrade():
+        return None
+    node = realtime()
+    allowed = node.settings.allowed_origins
+    origin = request.headers.get("Origin", "").rstrip("/")
+    if allowed and origin not in allowed:
+        return error_response(403, "Origin not allowed")
+    if node.shutting_down:
+        return error_response(503, "Server restarting")
+    environ = request.environ
+    environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
+    for key in _SOCKET_KEYS:
+        raw = environ.get(key)
+        if raw is not None and not isinstance(raw, SafeSocket):
+            environ[key] = SafeSocket(raw, node.settings.write_timeout)
+    return None
+
+
+def serve(ws: Any) -> None:
+    """Run the protocol for one accepted WebSocket."""
+    node = realtime()
+    connection = WebSocketConnection(
+        ws,
+        send_queue=node.settings.send_queue,
+        write_timeout=node.settings.write_timeout,
+        remote=request.headers.get("X-Forwarded-For", request.remote_addr or ""),
+    )
+    Session(node, connection).run()
+
+
+sock.route("/", bp=bp, endpoint="socket_root")(serve)
+sock.route("/ws", bp=bp, endpoint="socket_ws")(serve)

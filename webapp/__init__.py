@@ -1,0 +1,89 @@
+"""Callwire: call status events pushed to the browser of the call's owner.
+
+``create_app`` builds the Flask app: settings (defaults, environment, test
+overrides), the broker, the token verifier, then the blueprints.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+
+from flask import Flask
+
+from webapp.auth import TokenVerifier
+from webapp.brokers import create_broker
+from webapp.config import load_settings
+from webapp.errors import CallwireApi, handle_unexpected
+from webapp.realtime import Realtime
+
+__all__ = ["create_app"]
+
+
+def configure_logging() -> None:
+    """Send log lines to stderr once (gunicorn captures it), unless already set up."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(
+            level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+            format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
+        )
+
+
+def create_app(overrides: Mapping[str, str] | None = None) -> Flask:
+    """Build a Callwire app; ``overrides`` use the environment variable names of SPEC §2."""
+    configure_logging()
+    settings = load_settings(overrides)
+    if settings.development:
+        # firebase-admin reads its emulator switch from the process environment.
+        os.environ.setdefault("FIREBASE_AUTH_EMULATOR_HOST", settings.emulator_host or "")
+
+    app = Flask(__name__)
+    app.config.update(
+        API_TITLE="Callwire",
+        API_VERSION="v6",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="/docs",
+        OPENAPI_SWAGGER_UI_URL="/docs/assets/",
+        OPENAPI_SWAGGER_UI_CONFIG={"validatorUrl": None},
+        SOCK_SERVER_OPTIONS={
+            "ping_interval": settings.ping_interval,
+            "max_message_size": settings.max_message_bytes,
+        },
+        MAX_CONTENT_LENGTH=8 * 1024 * 1024,
+        JSON_SORT_KEYS=False,
+    )
+    app.json.sort_keys = False
+    app.extensions["callwire"] = Realtime(
+        settings, create_broker(settings), TokenVerifier(settings.project_id)
+    )
+
+    # Imported here: the blueprints depend on webapp, never the other way round.
+    from blueprints import call_events, docs_assets, health, pages, websocket_api, ws
+
+    api = CallwireApi(
+        app,
+        spec_kwargs={
+            "info": {"description": "Call status events over WebSocket. See the README."},
+        },
+    )
+    api.spec.components.security_scheme(
+        "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "Firebase ID token"}
+    )
+    api.spec.components.security_scheme(
+        "apiKeyAuth", {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    )
+    api.register_blueprint(websocket_api.blp)
+    api.register_blueprint(call_events.blp)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(docs_assets.bp)
+    app.register_blueprint(pages.bp)
+    app.register_blueprint(ws.bp)
+    ws.sock.init_app(app)
+    app.register_error_handler(Exception, handle_unexpected)
+
+    settings.log_summary()
+    return app

@@ -1,0 +1,106 @@
+"""Firebase ID token verification, shared by REST views and WebSocket sessions.
+
+firebase-admin checks signature, audience, issuer and expiry in production;
+in emulator mode (``FIREBASE_AUTH_EMULATOR_HOST``) it skips signature and
+expiry, so :meth:`TokenVerifier.verify` checks ``exp`` itself in every mode.
+Error messages never repeat the token.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+import firebase_admin
+import google.auth.credentials
+from firebase_admin import auth as firebase_auth
+
+from webapp.config import normalise_email
+
+logger = logging.getLogger(__name__)
+
+
+class AuthError(Exception):
+    """A token was missing, malformed, forged, for another project, or expired."""
+
+
+class TokenExpired(AuthError):
+    """The token was valid but its ``exp`` has passed."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a verified token speaks for, and until when."""
+
+    email: str
+    uid: str
+    expires_at: float
+
+
+class TokenVerifier:
+    """Verify Firebase ID tokens for one project."""
+
+    _init_lock = threading.Lock()
+
+    def __init__(self, project_id: str) -> None:
+        self.project_id = project_id
+        with self._init_lock:
+            self._app = firebase_admin.initialize_app(
+                google.auth.credentials.AnonymousCredentials(),
+                {"projectId": project_id},
+                name=f"callwire-{uuid.uuid4().hex}",
+            )
+
+    def verify(self, token: object) -> Identity:
+        """Return the identity of a valid, unexpired token with an email claim."""
+        if not isinstance(token, str) or not token.strip():
+            raise AuthError("Authentication failed: missing token")
+        try:
+            claims = firebase_auth.verify_id_token(token.strip(), app=self._app)
+        except firebase_auth.ExpiredIdTokenError:
+            raise TokenExpired("Authentication failed: token expired") from None
+        except (ValueError, firebase_admin.exceptions.FirebaseError) as error:
+            logger.info("token rejected: %s", type(error).__name__)
+            raise AuthError("Authentication failed: invalid token") from None
+        expires_at = claims.get("exp")
+        if not isinstance(expires_at, (int, float)) or isinstance(expires_at, bool):
+            raise AuthError("Authentication failed: token has no expiry")
+        if expires_at <= time.time():
+            raise TokenExpired("Authentication failed: token expired")
+        email = claims.get("email")
+        if not isinstance(email, str) or not email.strip():
+            raise AuthError("Authentication failed: token has no email claim")
+        return Identity(normalise_email(email), str(claims.get("sub", "")), float(expires_at))
+
+    def close(self) -> None:
+        """Release the firebase-admin app this verifier created."""
+        firebase_admin.delete_app(self._app)
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def mint_emulator_token(email: str, project_id: str, ttl_seconds: int = 3600) -> str:
+    """Return an unsigned Firebase Auth emulator ID token for ``email`` (development only)."""
+    now = int(time.time())
+    uid = "dev-" + uuid.uuid5(uuid.NAMESPACE_URL, normalise_email(email)).hex[:20]
+    claims = {
+        "iss": f"https://securetoken.google.com/{project_id}",
+        "aud": project_id,
+        "auth_time": now,
+        "user_id": uid,
+        "sub": uid,
+        "iat": now,
+        "exp": now + ttl_seconds,
+        "email": email,
+        "email_verified": True,
+        "firebase": {"identities": {"email": [email]}, "sign_in_provider": "password"},
+    }
+    header = {"alg": "none", "typ": "JWT"}
+    return f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}."

@@ -1,0 +1,201 @@
+"""Every setting Callwire reads, in one place.
+
+Settings come in three layers: the defaults below, the process environment,
+and overrides handed to ``create_app`` (tests). All three use the environment
+variable names of SPEC §2, so a test override reads like a deployment.
+Validation happens once, at start-up, and fails with a sentence a person can
+act on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+logger = logging.getLogger(__name__)
+
+#: Project id used in development mode (Firebase's ``demo-`` prefix marks an
+#: emulator-only project that can never reach production).
+DEV_PROJECT_ID = "demo-callwire"
+
+
+class ConfigError(RuntimeError):
+    """The configuration cannot run; the message says what to change."""
+
+
+def _as_bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be true or false, not {raw!r}.")
+
+
+def _as_int(name: str, raw: str, minimum: int) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, not {raw!r}.") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, not {value}.")
+    return value
+
+
+def _as_float(name: str, raw: str, minimum: float) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, not {raw!r}.") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, not {value}.")
+    return value
+
+
+def _as_list(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def normalise_email(value: str) -> str:
+    """Return the canonical form of a user id: emails compare case-insensitively."""
+    return value.strip().lower()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated configuration of one Callwire process."""
+
+    port: int = 3000
+    web_concurrency: int = 1
+    firebase_project_id: str | None = None
+    emulator_host: str | None = None
+    redis_url: str | None = None
+    require_token: bool = True
+    events_api_key: str | None = None
+    vapi_webhook_secret: str | None = None
+    twilio_auth_token: str | None = None
+    admin_emails: frozenset[str] = field(default_factory=frozenset)
+    allowed_origins: tuple[str, ...] = ()
+    history_size: int = 200
+    history_ttl_seconds: int = 86400
+    idempotency_ttl_seconds: int = 3600
+    ping_interval: float = 25.0
+    init_timeout: float = 10.0
+    max_message_bytes: int = 65536
+    max_connections_per_user: int = 20
+    send_queue: int = 1000
+    write_timeout: float = 10.0
+
+    @property
+    def development(self) -> bool:
+        """True when tokens are Firebase Auth emulator tokens (unsigned)."""
+        return bool(self.emulator_host)
+
+    @property
+    def project_id(self) -> str:
+        """The Firebase project whose tokens are accepted."""
+        return self.firebase_project_id or DEV_PROJECT_ID
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> Settings:
+        """Read and validate settings from environment-style names."""
+
+        def get(name: str) -> str | None:
+            value = environ.get(name)
+            return value if value is not None and value.strip() != "" else None
+
+        values: dict = {}
+        ints = {
+            "PORT": ("port", 1),
+            "WEB_CONCURRENCY": ("web_concurrency", 1),
+            "HISTORY_SIZE": ("history_size", 1),
+            "HISTORY_TTL_SECONDS": ("history_ttl_seconds", 1),
+            "IDEMPOTENCY_TTL_SECONDS": ("idempotency_ttl_seconds", 300),
+            "WS_MAX_MESSAGE_BYTES": ("max_message_bytes", 64),
+            "WS_MAX_CONNECTIONS_PER_USER": ("max_connections_per_user", 1),
+            "WS_SEND_QUEUE": ("send_queue", 1),
+        }
+        for name, (attr, minimum) in ints.items():
+            if (raw := get(name)) is not None:
+                values[attr] = _as_int(name, raw, minimum)
+        floats = {
+            "WS_PING_INTERVAL": ("ping_interval", 0.1),
+            "WS_INIT_TIMEOUT": ("init_timeout", 0.1),
+            "WS_WRITE_TIMEOUT": ("write_timeout", 0.1),
+        }
+        for name, (attr, minimum) in floats.items():
+            if (raw := get(name)) is not None:
+                values[attr] = _as_float(name, raw, minimum)
+        if (raw := get("WS_REQUIRE_TOKEN")) is not None:
+            values["require_token"] = _as_bool("WS_REQUIRE_TOKEN", raw)
+        values["firebase_project_id"] = get("FIREBASE_PROJECT_ID") or get("GOOGLE_CLOUD_PROJECT")
+        values["emulator_host"] = get("FIREBASE_AUTH_EMULATOR_HOST")
+        values["redis_url"] = get("REDIS_URL")
+        values["events_api_key"] = get("EVENTS_API_KEY")
+        values["vapi_webhook_secret"] = get("VAPI_WEBHOOK_SECRET")
+        values["twilio_auth_token"] = get("TWILIO_AUTH_TOKEN")
+        values["admin_emails"] = frozenset(
+            normalise_email(e) for e in _as_list(environ.get("ADMIN_EMAILS", ""))
+        )
+        values["allowed_origins"] = tuple(
+            o.rstrip("/") for o in _as_list(environ.get("ALLOWED_ORIGINS", ""))
+        )
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Refuse configurations that cannot work, saying why."""
+        if self.web_concurrency > 1 and not self.redis_url:
+            raise ConfigError(
+                f"WEB_CONCURRENCY is {self.web_concurrency} but REDIS_URL is not set: "
+                "the in-process broker cannot reach sockets held by other workers. "
+                "Set REDIS_URL, or run a single worker (WEB_CONCURRENCY=1)."
+            )
+        if not self.development and not self.firebase_project_id:
+            raise ConfigError(
+                "No Firebase project configured: set FIREBASE_PROJECT_ID (or "
+                "GOOGLE_CLOUD_PROJECT) in production, or set "
+                "FIREBASE_AUTH_EMULATOR_HOST=127.0.0.1:9099 for development mode "
+                "with unsigned emulator tokens."
+            )
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix://.")
+
+    def log_summary(self) -> None:
+        """Log how this process will run, loudly where it is insecure; no secrets."""
+        if self.development:
+            logger.warning(
+                "DEVELOPMENT MODE: FIREBASE_AUTH_EMULATOR_HOST is set, so UNSIGNED "
+                "emulator tokens for project %s are accepted. Never run this in production.",
+                self.project_id,
+            )
+        if not self.require_token:
+            logger.warning(
+                "WS_REQUIRE_TOKEN=false: WebSocket init trusts the userId a client sends "
+                "(legacy, insecure: anyone can read anyone's call events)."
+            )
+        logger.info(
+            "callwire settings: broker=%s project=%s workers=%d ping=%ss init_timeout=%ss "
+            "max_frame=%dB per_user=%d send_queue=%d history=%d/%ds",
+            "redis" if self.redis_url else "memory",
+            self.project_id,
+            self.web_concurrency,
+            self.ping_interval,
+            self.init_timeout,
+            self.max_message_bytes,
+            self.max_connections_per_user,
+            self.send_queue,
+            self.history_size,
+            self.history_ttl_seconds,
+        )
+
+
+def load_settings(overrides: Mapping[str, str] | None = None) -> Settings:
+    """Read settings from the environment, with optional overrides on top."""
+    merged = dict(os.environ)
+    if overrides:
+        merged.update({k: str(v) for k, v in overrides.items()})
+    return Settings.from_environ(merged)

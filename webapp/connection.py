@@ -1,0 +1,274 @@
+"""One client connection: its user, its bounded outgoing queue and its writer.
+
+:class:`Connection` is transport-neutral: it queues frames, buffers live
+events while a resume or snapshot is being read (the seam), drops events the
+client already has, and asks its transport to write. A slow client only hurts
+itself: delivery only appends to a bounded queue, a writer greenlet that
+exists only while there is something to send does the writing, and a queue
+that overflows asks the session to close with 4008.
+
+:class:`WebSocketConnection` is the flask-sock / simple-websocket transport.
+:class:`SafeSocket` makes its raw socket writes whole and bounded in time
+(STACK-NOTES: ``Server.send`` uses ``socket.send`` and ignores short writes).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import socket
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import gevent
+
+from webapp import metrics
+from webapp.brokers.base import ConnectionInfo
+from webapp.events import event_id_order, utc_timestamp
+
+logger = logging.getLogger(__name__)
+
+_ids = itertools.count(1)
+
+#: Close codes of SPEC §3.
+CLOSE_NORMAL = 1000
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL = 1011
+CLOSE_RESTART = 1012
+CLOSE_TOKEN_EXPIRED = 4001
+CLOSE_TOO_SLOW = 4008
+
+
+class SafeSocket:
+    """Wrap a socket so every write is a whole ``sendall`` under one lock, with a deadline.
+
+    A write that cannot finish in ``write_timeout`` seconds leaves a frame
+    half-written, which cannot be recovered: the socket is then marked broken
+    and every later write fails at once.
+    """
+
+    def __init__(self, sock: socket.socket, write_timeout: float) -> None:
+        self._sock = sock
+        self._write_timeout = write_timeout
+        self._lock = threading.Lock()
+        self.broken = False
+
+    def send(self, data: bytes) -> int:
+        with self._lock:
+            if self.broken:
+                raise BrokenPipeError("connection already failed a write")
+            try:
+                with gevent.Timeout(self._write_timeout):
+                    self._sock.sendall(data)
+            except gevent.Timeout:
+                self.broken = True
+                raise TimeoutError("write timed out: peer is not reading") from None
+            except OSError:
+                self.broken = True
+                raise
+        return len(data)
+
+    sendall = send
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class Connection:
+    """Transport-neutral state of one client connection."""
+
+    transport_name = "abstract"
+
+    def __init__(self, *, send_queue: int, remote: str = "") -> None:
+        self.id = f"c{next(_ids)}"
+        self.remote = remote
+        self.user_id: str | None = None
+        self.connected_at: str | None = None
+        self.token_expires_at: float | None = None
+        self.close_requested: tuple[int, str] | None = None
+        self._limit = send_queue
+        self._queue: deque[tuple[str, float | None]] = deque()
+        self._writer: gevent.Greenlet | None = None
+        self._closed = False
+        #: Live events held back while history is read, or None when live.
+        self._seam: list[tuple[str, str | None, str | None]] | None = None
+        self.last_event_id: str | None = None
+
+    # -- called by the session -------------------------------------------------
+
+    def send(self, message_frame: str) -> None:
+        """Queue a control frame (connected, error, pong) in order with everything else."""
+        self._enqueue(message_frame, None)
+
+    def begin_seam(self) -> None:
+        """Hold live events back until :meth:`end_seam` (resume or snapshot in progress)."""
+        self._seam = []
+
+    def end_seam(
+        self,
+        frames: list[tuple[str, str, str]],
+        latest_id: str | None,
+        skip_call_floors: bool,
+    ) -> None:
+        """Send history ``frames`` (frame, id, callId), then the live events held back.
+
+        For a resume, held events the history already had (id not newer) are
+        dropped. For a snapshot, a held event is dropped only when the
+        snapshot already showed its call at that id or later, so a call that
+        ended while the snapshot was read still gets its terminal event.
+        """
+        held = self._seam or []
+        self._seam = None
+        floors: dict[str, int] = {}
+        newest = event_id_order(latest_id)
+        for frame, event_id, call_id in frames:
+            self._enqueue(frame, None)
+            floors[call_id] = event_id_order(event_id)
+            newest = max(newest, event_id_order(event_id))
+        for frame, event_id, call_id in held:
+            order = event_id_order(event_id)
+            if event_id is not None:
+                if skip_call_floors:
+                    if call_id in floors and order <= floors[call_id]:
+                        continue
+                elif order <= newest:
+                    continue
+                newest = max(newest, order)
+            self._enqueue(frame, time.monotonic())
+        if newest >= 0:
+            self.last_event_id = f"{newest:016d}"
+
+    def request_close(self, code: int, reason: str) -> None:
+        """Ask the session that owns this connection to close it (from any greenlet)."""
+        if self.close_requested is None:
+            self.close_requested = (code, reason)
+            self._queue.clear()
+            self._wake_session()
+
+    def info(self) -> ConnectionInfo:
+        """Describe this connection for the clients endpoint."""
+        return ConnectionInfo(
+            id=self.id,
+            user_id=self.user_id or "",
+            connected_at=self.connected_at or "",
+            transport=self.transport_name,
+        )
+
+    def mark_initialised(self, user_id: str) -> None:
+        """Record the user this connection now belongs to."""
+        self.user_id = user_id
+        self.connected_at = utc_timestamp()
+
+    def mark_closed(self) -> None:
+        """Stop accepting frames; called once the transport is gone."""
+        self._closed = True
+        self._queue.clear()
+
+    # -- called by the hub (any greenlet) ---------------------------------------
+
+    def deliver(self, frame: str, event_id: str | None, call_id: str | None) -> bool:
+        """Queue a live message; return False if the client already has it or is gone."""
+        if self._closed or self.close_requested is not None:
+            return False
+        if self._seam is not None:
+            self._seam.append((frame, event_id, call_id))
+            return True
+        if event_id is not None:
+            order = event_id_order(event_id)
+            if order <= event_id_order(self.last_event_id):
+                return False
+            self.last_event_id = event_id
+        return self._enqueue(frame, time.monotonic())
+
+    # -- internals -------------------------------------------------------------
+
+    def _enqueue(self, frame: str, queued_at: float | None) -> bool:
+        if self._closed or self.close_requested is not None:
+            return False
+        if len(self._queue) >= self._limit:
+            metrics.SLOW_CLIENTS_DROPPED.inc()
+            logger.warning(
+                "connection %s user=%s too slow: %d messages waiting, closing with 4008",
+                self.id, self.user_id, len(self._queue),
+            )
+            self.request_close(CLOSE_TOO_SLOW, "Too slow: outgoing queue is full")
+            return False
+        self._queue.append((frame, queued_at))
+        if self._writer is None:
+            self._writer = gevent.spawn(self._drain)
+        return True
+
+    def _drain(self) -> None:
+        """Write queued frames until the queue is empty, then let the greenlet end."""
+        try:
+            while self._queue and not self._closed:
+                frame, queued_at = self._queue.popleft()
+                try:
+                    self._write(frame)
+                except Exception as error:  # noqa: BLE001 - any transport failure ends the client
+                    logger.warning(
+                        "delivery to connection %s user=%s failed: %s",
+                        self.id, self.user_id, error or type(error).__name__,
+                    )
+                    self.request_close(CLOSE_TOO_SLOW, "Too slow: write timed out")
+                    return
+                if queued_at is not None:
+                    metrics.EVENTS_DELIVERED.inc()
+                    metrics.DELIVERY_LATENCY.observe(time.monotonic() - queued_at)
+        finally:
+            self._writer = None
+
+    def _write(self, frame: str) -> None:
+        raise NotImplementedError
+
+    def _wake_session(self) -> None:
+        raise NotImplementedError
+
+
+#: What ``WebSocketConnection.receive`` returns when another greenlet woke it.
+WAKE = object()
+
+
+class WebSocketConnection(Connection):
+    """A connection over a simple-websocket ``Server`` (flask-sock)."""
+
+    transport_name = "websocket"
+
+    def __init__(
+        self, ws: Any, *, send_queue: int, write_timeout: float, remote: str = ""
+    ) -> None:
+        super().__init__(send_queue=send_queue, remote=remote)
+        self._ws = ws
+        self._write_timeout = write_timeout
+
+    def receive(self, timeout: float | None) -> Any:
+        """Return the next frame, None on timeout, or :data:`WAKE`; raise when closed."""
+        return self._ws.receive(timeout=timeout)
+
+    def close(self, code: int, reason: str) -> None:
+        """Flush what is queued, send a close frame with ``code`` (best effort), stop writing."""
+        writer = self._writer
+        if writer is not None:
+            writer.join(timeout=self._write_timeout)
+        self.mark_closed()
+        try:
+            self._ws.close(reason=code, message=reason)
+        except Exception:  # noqa: BLE001 - the peer may be gone already
+            pass
+
+    @property
+    def open(self) -> bool:
+        """True while the WebSocket is connected."""
+        return bool(self._ws.connected)
+
+    def _write(self, frame: str) -> None:
+        self._ws.send(frame)
+
+    def _wake_session(self) -> None:
+        # simple-websocket's receive() waits for input_buffer under its event;
+        # a sentinel in the buffer is the only way to wake it without data.
+        self._ws.input_buffer.append(WAKE)
+        self._ws.event.set()

@@ -1,0 +1,67 @@
+"""One JSON error shape for every HTTP error: ``{"success": false, "message": ...}``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Response, jsonify
+from flask_smorest import Api
+from werkzeug.exceptions import HTTPException
+
+logger = logging.getLogger(__name__)
+
+
+def error_response(status: int, message: str, **extra: Any) -> Response:
+    """Build the JSON error answer with ``status``."""
+    response = jsonify({"success": False, "message": message, **extra})
+    response.status_code = status
+    return response
+
+
+def _describe_validation(messages: Any) -> str:
+    """Flatten webargs/marshmallow messages into one readable sentence."""
+    parts: list[str] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                if key in {"json", "form", "query", "headers", "files"}:
+                    walk(prefix, inner)
+                else:
+                    walk(f"{prefix}.{key}" if prefix else str(key), inner)
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            parts.append(f"{prefix}: {' '.join(value)}" if prefix else " ".join(value))
+        else:
+            parts.append(f"{prefix}: {value}")
+
+    walk("", messages)
+    return "Invalid request: " + "; ".join(parts) if parts else "Invalid request"
+
+
+class CallwireApi(Api):
+    """flask-smorest Api whose errors use Callwire's JSON shape."""
+
+    def handle_http_exception(self, error: HTTPException) -> Response:  # type: ignore[override]
+        data = getattr(error, "data", None) or {}
+        status = error.code or 500
+        if status == 422:
+            # A body that fails validation is a bad request for our clients (SPEC §5).
+            status = 400
+            message = data.get("message") or _describe_validation(data.get("messages", {}))
+        else:
+            message = data.get("message") or error.description or error.name
+        response = error_response(status, message)
+        for name, value in (data.get("headers") or {}).items():
+            response.headers[name] = value
+        if status == 401:
+            response.headers.setdefault("WWW-Authenticate", "Bearer")
+        return response
+
+
+def handle_unexpected(error: Exception) -> Response:
+    """Answer any uncaught exception with a JSON 500 and log it."""
+    if isinstance(error, HTTPException):
+        return error_response(error.code or 500, error.description or error.name)
+    logger.exception("unhandled error")
+    return error_response(500, "Internal server error")

@@ -1,0 +1,152 @@
+"""The node: joins the broker, the hub and the sessions of this process.
+
+Views and sessions talk to :class:`Realtime` only; it is the one object that
+knows both the broker (events between processes) and the hub (sockets in
+this process). It is also the broker's :class:`~webapp.brokers.base.Node`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from flask import current_app
+
+from webapp import metrics
+from webapp.auth import TokenVerifier
+from webapp.brokers.base import Broker, BrokerUnavailable, ConnectionInfo, Snapshot
+from webapp.config import Settings
+from webapp.connection import CLOSE_RESTART, Connection
+from webapp.events import EventDraft, PublishError, PublishResult
+from webapp.hub import Hub
+from webapp.protocol import connected, encode
+
+logger = logging.getLogger(__name__)
+
+
+class Realtime:
+    """Publish events, attach and detach connections, and shut down cleanly."""
+
+    def __init__(self, settings: Settings, broker: Broker, verifier: TokenVerifier) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.verifier = verifier
+        self.hub = Hub(settings.max_connections_per_user)
+        self.shutting_down = False
+        self._started_pid: int | None = None
+        self._start_lock = threading.Lock()
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def ensure_started(self) -> None:
+        """Start the broker in this process (after fork, never in a gunicorn master)."""
+        if self._started_pid == os.getpid():
+            return
+        with self._start_lock:
+            if self._started_pid != os.getpid():
+                self.broker.start(self)
+                self._started_pid = os.getpid()
+
+    def shutdown(self) -> int:
+        """Ask every connection to close with 1012 so clients reconnect elsewhere."""
+        self.shutting_down = True
+        connections = self.hub.all_connections()
+        for connection in connections:
+            connection.request_close(CLOSE_RESTART, "Server restarting")
+        logger.info("shutdown: closing %d connections with 1012", len(connections))
+        return len(connections)
+
+    # -- Node (called by the broker) --------------------------------------------
+
+    def deliver(self, user_id: str, message: dict[str, Any]) -> int:
+        return self.hub.deliver(user_id, message)
+
+    def resync(self) -> None:
+        """Replay from history what live delivery may have missed (after a broker outage)."""
+        for connection in self.hub.all_connections():
+            if connection.user_id is None or connection.last_event_id is None:
+                continue
+            try:
+                replay = self.broker.history_since(connection.user_id, connection.last_event_id)
+            except BrokerUnavailable:
+                logger.warning("resync of connection %s postponed: broker down", connection.id)
+                continue
+            for message in replay.events:
+                connection.deliver(encode(message), message["id"], message["callId"])
+
+    def local_connections(self) -> list[ConnectionInfo]:
+        return self.hub.connection_infos()
+
+    # -- sources ------------------------------------------------------------------
+
+    def publish(self, draft: EventDraft, source: str) -> PublishResult:
+        """Publish one event; raises PublishError or BrokerUnavailable."""
+        self.ensure_started()
+        try:
+            result = self.broker.publish(draft)
+        except PublishError:
+            metrics.EVENTS_IN.labels(source, "refused").inc()
+            raise
+        metrics.EVENTS_IN.labels(source, result.dropped or "accepted").inc()
+        return result
+
+    def publish_transient(self, user_id: str, message: dict[str, Any]) -> int:
+        """Send a live-only message (test messages) to every connection of a user."""
+        self.ensure_started()
+        return self.broker.publish_transient(user_id, message)
+
+    # -- sessions -----------------------------------------------------------------
+
+    def attach(
+        self, connection: Connection, user_id: str, last_event_id: str | None, **extra: Any
+    ) -> None:
+        """Register an initialised connection and send connected, then history, then live.
+
+        Live events are held back while history is read, so nothing is lost or
+        repeated at the seam. Raises ``TooManyConnections``.
+        """
+        self.ensure_started()
+        connection.begin_seam()
+        try:
+            self.hub.add(connection, user_id)
+        except Exception:
+            connection.end_seam([], None, skip_call_floors=False)
+            raise
+        connection.mark_initialised(user_id)
+        recovered: bool | None = None
+        snapshot = Snapshot([], None)
+        events: list[dict[str, Any]] = []
+        try:
+            if last_event_id is not None:
+                replay = self.broker.history_since(user_id, last_event_id)
+                recovered = replay.recovered
+                events, latest = replay.events, replay.latest_id
+            if not recovered:
+                snapshot = self.broker.snapshot(user_id)
+                events, latest = snapshot.events, snapshot.latest_id
+        except BrokerUnavailable:
+            logger.warning("connection %s user=%s: history unavailable (broker down)",
+                           connection.id, user_id)
+            recovered = False if last_event_id is not None else None
+            events, latest = [], last_event_id
+        if recovered is not None:
+            extra["recovered"] = recovered
+        connection.send(encode(connected(user_id, **extra)))
+        frames = [(encode(m), m["id"], m["callId"]) for m in events]
+        connection.end_seam(frames, latest, skip_call_floors=not recovered)
+        logger.info(
+            "connection %s initialised user=%s resume=%s recovered=%s replayed=%d",
+            connection.id, user_id, last_event_id is not None, recovered, len(events),
+        )
+
+    def detach(self, connection: Connection) -> None:
+        """Forget a connection that has closed."""
+        self.hub.remove(connection)
+        connection.mark_closed()
+
+
+def realtime() -> Realtime:
+    """Return the :class:`Realtime` of the current app."""
+    return current_app.extensions["callwire"]
