@@ -1,0 +1,33 @@
+# Two commands do everything on a fresh machine: `make run` and `make test`.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+# Development defaults for `make run`: Firebase Auth emulator convention
+# (unsigned tokens, no Firebase project), in-process broker, a publish key.
+DEV_ENV := FIREBASE_AUTH_EMULATOR_HOST=$${FIREBASE_AUTH_EMULATOR_HOST:-127.0.0.1:9099} \
+	EVENTS_API_KEY=$${EVENTS_API_KEY:-dev-events-key} \
+	VAPI_WEBHOOK_SECRET=$${VAPI_WEBHOOK_SECRET:-dev-vapi-secret} \
+	TWILIO_AUTH_TOKEN=$${TWILIO_AUTH_TOKEN:-dev-twilio-token}
+
+.PHONY: install run test lint bench clean
+
+$(BIN)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+install: $(BIN)/.installed
+
+run: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(DEV_ENV) sh -c "exec $$(sed -n 's/^web: //p' Procfile)"
+
+test: install
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) test-artifacts .pytest_cache

@@ -1,0 +1,1 @@
+"""Test helpers: real servers in subprocesses, real clients, hand-made tokens."""
