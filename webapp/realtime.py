@@ -34,6 +34,8 @@ class Realtime:
         self.broker = broker
         self.verifier = verifier
         self.hub = Hub(settings.max_connections_per_user)
+        #: Every open connection, initialised or not (the hub holds initialised ones).
+        self._open: set[Connection] = set()
         self.shutting_down = False
         self._started_pid: int | None = None
         self._start_lock = threading.Lock()
@@ -52,7 +54,7 @@ class Realtime:
     def shutdown(self) -> int:
         """Ask every connection to close with 1012 so clients reconnect elsewhere."""
         self.shutting_down = True
-        connections = self.hub.all_connections()
+        connections = list(self._open)
         for connection in connections:
             connection.request_close(CLOSE_RESTART, "Server restarting")
         logger.info("shutdown: closing %d connections with 1012", len(connections))
@@ -141,8 +143,13 @@ class Realtime:
             connection.id, user_id, last_event_id is not None, recovered, len(events),
         )
 
+    def opened(self, connection: Connection) -> None:
+        """Track a new connection so shutdown can close it even before init."""
+        self._open.add(connection)
+
     def detach(self, connection: Connection) -> None:
         """Forget a connection that has closed."""
+        self._open.discard(connection)
         self.hub.remove(connection)
         connection.mark_closed()
 

@@ -63,6 +63,7 @@ class Session:
         connection = self.connection
         logger.info("connection %s opened from %s", connection.id, connection.remote or "?")
         reason = "peer closed"
+        self.node.opened(connection)
         try:
             if self.node.shutting_down:
                 raise _Close(CLOSE_RESTART, None)

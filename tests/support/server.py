@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -55,7 +56,9 @@ class LiveServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def publish(self, body: object, *, key: str | None = None, timeout: float = 10) -> requests.Response:
+    def publish(
+        self, body: object, *, key: str | None = None, timeout: float = 10
+    ) -> requests.Response:
         """POST to /api/v6/call/events with the server's API key."""
         return requests.post(
             f"{self.http}/api/v6/call/events",
@@ -74,10 +77,8 @@ class LiveServer:
                 self.signal(signal.SIGTERM)
                 self.process.wait(timeout=timeout)
             except (subprocess.TimeoutExpired, ProcessLookupError):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     self.signal(signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 self.process.wait(timeout=10)
         return self.process.returncode
 
@@ -91,7 +92,8 @@ def start_server(
 ) -> LiveServer:
     """Start the Procfile's command with ``overrides`` on a free loopback port."""
     port = port or free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "WEB_CONCURRENCY"))}
+    inherited = ("REDIS_URL", "WEB_CONCURRENCY")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(inherited)}
     env.update(BASE_ENV)
     env.update(overrides or {})
     env["PORT"] = str(port)

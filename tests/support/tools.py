@@ -11,9 +11,10 @@ import pytest
 def require_tool(name: str, candidates: tuple[str, ...] = ()) -> str:
     """Return the path of tool ``name``; skip the test naming it, or fail under CI."""
     for candidate in (name, *candidates):
-        path = shutil.which(candidate) or (candidate if os.path.isabs(candidate) and os.access(candidate, os.X_OK) else None)
-        if path:
-            return path
+        if shutil.which(candidate):
+            return shutil.which(candidate)
+        if os.path.isabs(candidate) and os.access(candidate, os.X_OK):
+            return candidate
     message = f"missing tool: {name} (install it: see .ci/run)"
     if os.environ.get("CI"):
         pytest.fail(message + " - CI must install it, nothing may skip there")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import Any
@@ -80,10 +81,8 @@ class Client:
         raise TimeoutError("server did not close the connection")
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.ws.close(timeout=1)
-        except Exception:  # noqa: BLE001
-            pass
 
 
 class ConnectionClosedError(Exception):
