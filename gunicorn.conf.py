@@ -6,8 +6,10 @@ configuration, gc tuning after fork, and closing sockets with 1012 on SIGTERM.
 """
 
 import gc
+import importlib.util
 import os
 import signal
+import sys
 
 # A WebSocket holds a worker connection for its whole life: gunicorn's default
 # of 1,000 would make the 1,001st socket hang.
@@ -20,12 +22,25 @@ control_socket_disable = True
 
 
 def on_starting(server):
-    """Refuse to start several workers that cannot see each other's sockets."""
+    """Refuse, in the master and with one sentence, a configuration that cannot work."""
     if server.cfg.workers > 1 and not os.environ.get("REDIS_URL"):
         raise SystemExit(
             f"callwire: {server.cfg.workers} workers need REDIS_URL: the in-process broker "
             "cannot reach sockets held by other workers. Set REDIS_URL or use one worker."
         )
+    # Validate every setting here too, so a bad one stops the master with its
+    # sentence instead of a traceback from each worker that fails to boot.
+    # webapp/config.py is loaded on its own: importing the webapp package would
+    # pull in requests and firebase-admin before the worker's gevent patching.
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "webapp", "config.py")
+    spec = importlib.util.spec_from_file_location("callwire_startup_config", path)
+    config = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = config  # dataclasses look their module up there
+    spec.loader.exec_module(config)
+    try:
+        config.load_settings()
+    except config.ConfigError as problem:
+        raise SystemExit(f"callwire: {problem}") from None
 
 
 def post_worker_init(worker):
@@ -35,10 +50,12 @@ def post_worker_init(worker):
     node.ensure_started()
     # With 10,000 sockets a full collection pauses the worker for ~0.5 s
     # (STACK-NOTES): keep long-lived start-up objects out of it and collect
-    # the young generation less often.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 100)
+    # the young generation less often. GC_TUNING=off keeps CPython's defaults
+    # (bench/: measures before and after).
+    if os.environ.get("GC_TUNING", "on").strip().lower() != "off":
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 50, 100)
 
     import gevent
 

@@ -12,7 +12,7 @@ from flask_smorest import Blueprint, abort
 from blueprints.schemas import EventSchema, PublishAnswerSchema
 from webapp.brokers.base import BrokerUnavailable
 from webapp.config import normalise_email
-from webapp.events import EventDraft, PublishError
+from webapp.events import EventDraft, PublishError, format_utc
 from webapp.guards import current_identity, require_api_key
 from webapp.realtime import realtime
 
@@ -32,12 +32,15 @@ def draft_from(item: Any) -> EventDraft:
         raise ma.ValidationError("each event must be a JSON object")
     body = _event_schema.load(item)
     user_id = normalise_email(body["userId"]) if body["userId"] is not None else None
+    if user_id == "":
+        raise ma.ValidationError({"userId": ["must be an email, not blank"]})
+    timestamp = body["timestamp"]
     return EventDraft(
         call_id=body["callId"],
         status=body["status"],
-        user_id=user_id or None,
+        user_id=user_id,
         data=body["data"],
-        timestamp=body["timestamp"],
+        timestamp=format_utc(timestamp) if timestamp is not None else None,
         idempotency_key=body["idempotencyKey"],
     )
 

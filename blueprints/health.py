@@ -33,4 +33,4 @@ def readyz() -> Any:
 @bp.get("/metrics")
 def metrics() -> Response:
     """Expose this process's metrics in Prometheus text format."""
-    return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(), content_type=CONTENT_TYPE_LATEST)

@@ -1,18 +1,37 @@
-"""The demo page at ``GET /`` (a plain HTTP GET; WebSocket upgrades go to blueprints.ws)."""
+"""The demo page at ``GET /`` (a plain HTTP GET; WebSocket upgrades go to blueprints.ws).
+
+The page itself lives in ``webapp/templates/index.html`` and uses the browser
+client served at ``/static/callwire.js`` (docs/browser-client.md).
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint
+from flask import Blueprint, render_template
+
+from webapp.realtime import realtime
 
 bp = Blueprint("pages", __name__)
 
+#: Close codes of SPEC §3, shown on the page: (code, meaning, what a client should do).
+CLOSE_CODES: tuple[tuple[int, str, str], ...] = (
+    (1000, "normal close", "stop"),
+    (1008, "policy: authentication failed, init timeout, too many connections",
+     "fix the cause, not retry blindly"),
+    (1009, "frame too large", "fix the client"),
+    (1011, "internal error", "retry with backoff"),
+    (1012, "server restarting", "reconnect now, resume"),
+    (4001, "token expired", "get a fresh token, reconnect"),
+    (4008, "too slow to keep up", "reconnect, resume with lastEventId"),
+)
+
 
 @bp.get("/")
-def index() -> tuple[str, int, dict[str, str]]:
-    """Serve the demo page."""
-    return (
-        "<!doctype html><title>Callwire</title><h1>Callwire</h1>"
-        "<p>Connect a WebSocket to this URL. API docs: <a href='/docs'>/docs</a>.</p>",
-        200,
-        {"Content-Type": "text/html; charset=utf-8"},
+def index() -> str:
+    """Serve the demo page; development mode adds token minting and a sample call."""
+    settings = realtime().settings
+    return render_template(
+        "index.html",
+        development=settings.development,
+        require_token=settings.require_token,
+        close_codes=CLOSE_CODES,
     )

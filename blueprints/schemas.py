@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC
+
 import marshmallow as ma
 from marshmallow import validate
 
@@ -20,7 +22,9 @@ class EventSchema(ma.Schema):
     )
     userId = ma.fields.String(
         load_default=None, validate=validate.Length(min=1, max=320),
-        metadata={"description": "Email of the call's owner; may be omitted once the owner is known"},
+        metadata={
+            "description": "Email of the call's owner; may be omitted once the owner is known"
+        },
     )
     status = ma.fields.String(
         required=True, validate=validate.OneOf(STATUSES),
@@ -34,9 +38,12 @@ class EventSchema(ma.Schema):
         load_default=None, validate=validate.Length(min=1, max=256),
         metadata={"description": "Makes a retried publish a no-op for at least 5 minutes"},
     )
-    timestamp = ma.fields.String(
-        load_default=None,
-        metadata={"description": "When the status changed (ISO 8601); default: when received"},
+    timestamp = ma.fields.AwareDateTime(
+        load_default=None, default_timezone=UTC,
+        metadata={
+            "description": "When the status changed (ISO 8601; UTC if no offset); "
+            "delivered in UTC. Default: when received"
+        },
     )
 
 
@@ -48,6 +55,7 @@ class PublishResultSchema(ma.Schema):
 
 class PublishAnswerSchema(ma.Schema):
     success = ma.fields.Boolean()
+    message = ma.fields.String(metadata={"description": "What went wrong (partial batch)"})
     data = ma.fields.Raw(metadata={"description": "A result, or a list of results for a batch"})
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask import g
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
 from blueprints.schemas import SuccessSchema, TestMessageSchema
+from webapp.auth import Identity
 from webapp.brokers.base import BrokerUnavailable
 from webapp.config import normalise_email
 from webapp.events import utc_timestamp
@@ -20,14 +22,21 @@ blp = Blueprint(
 )
 
 
+@blp.before_request
+def authenticate() -> None:
+    """Verify the bearer token before the body is read: no identity is a 401, never a 400."""
+    g.identity = current_identity()
+
+
 @blp.route("/test")
 class TestMessage(MethodView):
     @blp.doc(security=[{"bearerAuth": []}])
-    @blp.arguments(TestMessageSchema)
+    @blp.arguments(TestMessageSchema, error_status_code=400)
     @blp.response(200, SuccessSchema)
+    @blp.alt_response(401, description="Missing or invalid token")
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
         """Send a live-only test message to every connection of a user."""
-        identity = current_identity()
+        identity: Identity = g.identity
         target = normalise_email(body["targetUserId"])
         if not target:
             abort(400, message="targetUserId must be a non-empty email")
@@ -57,9 +66,10 @@ class TestMessage(MethodView):
 class Clients(MethodView):
     @blp.doc(security=[{"bearerAuth": []}])
     @blp.response(200, SuccessSchema)
+    @blp.alt_response(401, description="Missing or invalid token")
     def get(self) -> dict[str, Any]:
         """List open connections: every user's for admins, the caller's own otherwise."""
-        identity = current_identity()
+        identity: Identity = g.identity
         try:
             connections = realtime().broker.presence()
         except BrokerUnavailable:

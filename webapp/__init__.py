@@ -62,7 +62,7 @@ def create_app(overrides: Mapping[str, str] | None = None) -> Flask:
     )
 
     # Imported here: the blueprints depend on webapp, never the other way round.
-    from blueprints import call_events, docs_assets, health, pages, websocket_api, ws
+    from blueprints import call_events, dev, docs_assets, health, pages, webhooks, websocket_api, ws
 
     api = CallwireApi(
         app,
@@ -78,9 +78,11 @@ def create_app(overrides: Mapping[str, str] | None = None) -> Flask:
     )
     api.register_blueprint(websocket_api.blp)
     api.register_blueprint(call_events.blp)
+    webhooks.register(api)
     app.register_blueprint(health.bp)
     app.register_blueprint(docs_assets.bp)
     app.register_blueprint(pages.bp)
+    app.register_blueprint(dev.bp)
     app.register_blueprint(ws.bp)
     ws.sock.init_app(app)
     app.register_error_handler(Exception, handle_unexpected)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import threading
 import time
 import uuid
@@ -23,6 +24,9 @@ from firebase_admin import auth as firebase_auth
 from webapp.config import normalise_email
 
 logger = logging.getLogger(__name__)
+
+#: Longest ``exp`` accepted, in seconds from now (Firebase ID tokens last one hour).
+MAX_TOKEN_LIFETIME = 7 * 86400
 
 
 class AuthError(Exception):
@@ -70,6 +74,10 @@ class TokenVerifier:
         expires_at = claims.get("exp")
         if not isinstance(expires_at, (int, float)) or isinstance(expires_at, bool):
             raise AuthError("Authentication failed: token has no expiry")
+        if not math.isfinite(expires_at) or expires_at > time.time() + MAX_TOKEN_LIFETIME:
+            # Firebase ID tokens live an hour; an unsigned emulator token could claim
+            # any number, and one that cannot be a date would break every answer.
+            raise AuthError("Authentication failed: token expiry is out of range")
         if expires_at <= time.time():
             raise TokenExpired("Authentication failed: token expired")
         email = claims.get("email")

@@ -10,6 +10,7 @@ act on.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -49,6 +50,8 @@ def _as_float(name: str, raw: str, minimum: float) -> float:
         value = float(raw.strip())
     except ValueError:
         raise ConfigError(f"{name} must be a number, not {raw!r}.") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, not {raw!r}.")
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, not {value}.")
     return value

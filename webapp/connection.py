@@ -14,9 +14,11 @@ that overflows asks the session to close with 4008.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import socket
+import struct
 import threading
 import time
 from collections import deque
@@ -42,17 +44,23 @@ CLOSE_TOKEN_EXPIRED = 4001
 CLOSE_TOO_SLOW = 4008
 
 
+#: How long closing waits for the frame being written, then for the close
+#: frame, before it gives up on the peer and drops the TCP connection.
+CLOSE_GRACE_SECONDS = 2.0
+
+
 class SafeSocket:
     """Wrap a socket so every write is a whole ``sendall`` under one lock, with a deadline.
 
-    A write that cannot finish in ``write_timeout`` seconds leaves a frame
-    half-written, which cannot be recovered: the socket is then marked broken
-    and every later write fails at once.
+    A write that cannot finish in ``write_timeout`` seconds (or is interrupted)
+    may leave a frame half-written, which cannot be recovered: the socket is
+    then marked broken, every later write fails at once, and :meth:`abort`
+    drops the connection.
     """
 
     def __init__(self, sock: socket.socket, write_timeout: float) -> None:
         self._sock = sock
-        self._write_timeout = write_timeout
+        self.write_timeout = write_timeout
         self._lock = threading.Lock()
         self.broken = False
 
@@ -60,16 +68,29 @@ class SafeSocket:
         with self._lock:
             if self.broken:
                 raise BrokenPipeError("connection already failed a write")
+            deadline = gevent.Timeout(self.write_timeout)
             try:
-                with gevent.Timeout(self._write_timeout):
+                with deadline:
                     self._sock.sendall(data)
-            except gevent.Timeout:
+            except gevent.Timeout as timeout:
                 self.broken = True
+                if timeout is not deadline:
+                    raise
                 raise TimeoutError("write timed out: peer is not reading") from None
-            except OSError:
+            except BaseException:
+                # A failed write, or the writer killed mid-frame: the stream is not whole.
                 self.broken = True
                 raise
         return len(data)
+
+    def abort(self) -> None:
+        """Drop the connection now with a TCP reset, discarding what the peer never read."""
+        self.broken = True
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     sendall = send
 
@@ -107,36 +128,26 @@ class Connection:
         """Hold live events back until :meth:`end_seam` (resume or snapshot in progress)."""
         self._seam = []
 
-    def end_seam(
-        self,
-        frames: list[tuple[str, str, str]],
-        latest_id: str | None,
-        skip_call_floors: bool,
-    ) -> None:
+    def end_seam(self, frames: list[tuple[str, str, str]], latest_id: str | None) -> None:
         """Send history ``frames`` (frame, id, callId), then the live events held back.
 
-        For a resume, held events the history already had (id not newer) are
-        dropped. For a snapshot, a held event is dropped only when the
-        snapshot already showed its call at that id or later, so a call that
-        ended while the snapshot was read still gets its terminal event.
+        ``latest_id`` is the user's newest id when the history (replay or
+        snapshot) was read: a held event up to it is already in that history,
+        replayed or summed up by the snapshot, and is dropped; newer ones
+        follow in order, so ids keep increasing and nothing is sent twice.
         """
         held = self._seam or []
         self._seam = None
-        floors: dict[str, int] = {}
         newest = event_id_order(latest_id)
-        for frame, event_id, call_id in frames:
+        for frame, event_id, _call_id in frames:
             self._enqueue(frame, None)
-            floors[call_id] = event_id_order(event_id)
             newest = max(newest, event_id_order(event_id))
-        for frame, event_id, call_id in held:
-            order = event_id_order(event_id)
+        for frame, event_id, _call_id in held:
             if event_id is not None:
-                if skip_call_floors:
-                    if call_id in floors and order <= floors[call_id]:
-                        continue
-                elif order <= newest:
+                order = event_id_order(event_id)
+                if order <= newest:
                     continue
-                newest = max(newest, order)
+                newest = order
             self._enqueue(frame, time.monotonic())
         if newest >= 0:
             self.last_event_id = f"{newest:016d}"
@@ -249,15 +260,26 @@ class WebSocketConnection(Connection):
         return self._ws.receive(timeout=timeout)
 
     def close(self, code: int, reason: str) -> None:
-        """Flush what is queued, send a close frame with ``code`` (best effort), stop writing."""
+        """Flush what is queued, then send a close frame with ``code``.
+
+        A peer that does not take them within the grace period is not reading:
+        the frame in flight is abandoned and the TCP connection dropped, so a
+        dead client costs a bounded time and no kernel buffers.
+        """
+        grace = min(self._write_timeout, CLOSE_GRACE_SECONDS)
         writer = self._writer
         if writer is not None:
-            writer.join(timeout=self._write_timeout)
+            writer.join(timeout=grace)
+            if not writer.dead:
+                writer.kill(timeout=grace)
         self.mark_closed()
-        try:
+        sock = getattr(self._ws, "sock", None)
+        if isinstance(sock, SafeSocket):
+            sock.write_timeout = grace
+        with contextlib.suppress(Exception):  # the peer may be gone already
             self._ws.close(reason=code, message=reason)
-        except Exception:  # noqa: BLE001 - the peer may be gone already
-            pass
+        if isinstance(sock, SafeSocket) and sock.broken:
+            sock.abort()
 
     @property
     def open(self) -> bool:

@@ -48,9 +48,13 @@ class CallwireApi(Api):
         if status == 422:
             # A body that fails validation is a bad request for our clients (SPEC §5).
             status = 400
-            message = data.get("message") or _describe_validation(data.get("messages", {}))
+        if data.get("message"):
+            message = data["message"]
+        elif "messages" in data:
+            # webargs validation errors (whatever status the view declared).
+            message = _describe_validation(data["messages"])
         else:
-            message = data.get("message") or error.description or error.name
+            message = error.description or error.name
         response = error_response(status, message)
         for name, value in (data.get("headers") or {}).items():
             response.headers[name] = value
@@ -63,5 +67,9 @@ def handle_unexpected(error: Exception) -> Response:
     """Answer any uncaught exception with a JSON 500 and log it."""
     if isinstance(error, HTTPException):
         return error_response(error.code or 500, error.description or error.name)
+    if isinstance(error, RecursionError):
+        # json.loads (Flask's and webargs') on a body nested thousands deep: the
+        # client's fault, and a cheap way to make a server log 500s.
+        return error_response(400, "Invalid JSON body: nested too deeply")
     logger.exception("unhandled error")
     return error_response(500, "Internal server error")

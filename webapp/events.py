@@ -111,8 +111,12 @@ def judge(previous: CallState | None, draft: EventDraft) -> Verdict:
 
 def utc_timestamp(moment: float | None = None) -> str:
     """Format a moment as ISO 8601 UTC with milliseconds, like the seed."""
-    dt = datetime.fromtimestamp(time.time() if moment is None else moment, tz=UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    return format_utc(datetime.fromtimestamp(time.time() if moment is None else moment, tz=UTC))
+
+
+def format_utc(moment: datetime) -> str:
+    """Format an aware datetime in UTC the way every event carries it (``…T18:41:38.130Z``)."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def next_event_id(previous: str | None, now_us: int | None = None) -> str:

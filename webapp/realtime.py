@@ -114,9 +114,10 @@ class Realtime:
         try:
             self.hub.add(connection, user_id)
         except Exception:
-            connection.end_seam([], None, skip_call_floors=False)
+            connection.end_seam([], None)
             raise
         connection.mark_initialised(user_id)
+        self._presence_changed()
         recovered: bool | None = None
         snapshot = Snapshot([], None)
         events: list[dict[str, Any]] = []
@@ -137,7 +138,7 @@ class Realtime:
             extra["recovered"] = recovered
         connection.send(encode(connected(user_id, **extra)))
         frames = [(encode(m), m["id"], m["callId"]) for m in events]
-        connection.end_seam(frames, latest, skip_call_floors=not recovered)
+        connection.end_seam(frames, latest)
         logger.info(
             "connection %s initialised user=%s resume=%s recovered=%s replayed=%d",
             connection.id, user_id, last_event_id is not None, recovered, len(events),
@@ -152,6 +153,14 @@ class Realtime:
         self._open.discard(connection)
         self.hub.remove(connection)
         connection.mark_closed()
+        if connection.user_id is not None:
+            self._presence_changed()
+
+    def _presence_changed(self) -> None:
+        """Tell a broker that shares presence between processes (Redis) that ours changed."""
+        notify = getattr(self.broker, "presence_changed", None)
+        if notify is not None:
+            notify()
 
 
 def realtime() -> Realtime:

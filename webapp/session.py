@@ -16,6 +16,7 @@ from simple_websocket import ConnectionClosed
 from webapp.auth import AuthError, Identity
 from webapp.config import normalise_email
 from webapp.connection import (
+    CLOSE_INTERNAL,
     CLOSE_POLICY,
     CLOSE_RESTART,
     CLOSE_TOKEN_EXPIRED,
@@ -87,6 +88,12 @@ class Session:
             connection.close(close.code, close.message or "")
         except ConnectionClosed:
             pass
+        except Exception:
+            # A bug must not leave the socket half-served, nor let flask-sock
+            # answer an HTTP 500 down an upgraded connection: close it with 1011.
+            logger.exception("connection %s failed", connection.id)
+            reason = "closed 1011: internal error"
+            connection.close(CLOSE_INTERNAL, "Internal error")
         finally:
             self.node.detach(connection)
             logger.info(
@@ -147,7 +154,9 @@ class Session:
         if token is not None:
             identity = self._verify(token)
             if claimed is not None and normalise_email(claimed) != identity.email:
-                raise _Close(CLOSE_POLICY, "Authentication failed: token email does not match userId")
+                raise _Close(
+                    CLOSE_POLICY, "Authentication failed: token email does not match userId"
+                )
             user_id = identity.email
         elif self.settings.require_token:
             raise _Close(CLOSE_POLICY, "Authentication failed: init requires a Firebase ID token")
@@ -163,9 +172,12 @@ class Session:
         if current is not None:
             if current != user_id:
                 raise ProtocolError(f"Already initialised as another user ({current})")
-            if identity is not None:
-                self.connection.token_expires_at = identity.expires_at
-            self.connection.send(encode(connected(user_id, **extra)))
+            # A repeated init changes nothing (SPEC §3): same registration, no
+            # replay, same token deadline (auth refreshes it); only connected again.
+            again: dict[str, Any] = {}
+            if self.connection.token_expires_at is not None:
+                again["expiresAt"] = utc_timestamp(self.connection.token_expires_at)
+            self.connection.send(encode(connected(user_id, **again)))
             return
         try:
             self.node.attach(self.connection, user_id, last_event_id or None, **extra)

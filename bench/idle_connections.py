@@ -1,0 +1,282 @@
+"""Idle connections: memory per connection, and delivery latency while they are held.
+
+Starts the real server, opens a few probe sockets, then steps the number of
+idle, initialised, browser-like connections (each offers permessage-deflate)
+through ``--levels``. At every level it records the worker's RSS and, for
+``--hold`` seconds, the publish-to-receive latency of events published with
+``POST /api/v6/call/events`` to the probes. Latency is also recorded while
+connections are being opened (the ramp), where the collector has most to do.
+
+    python -m bench.idle_connections --connections 10000
+    python -m bench.idle_connections --connections 10000 --gc-tuning off
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import gevent
+from gevent.pool import Pool
+
+from bench.harness import (
+    Publisher,
+    init_payload,
+    own_cpu_seconds,
+    percentiles,
+    raise_fd_limit,
+    sample_process,
+    save_result,
+    start_bench_server,
+    worker_pid,
+)
+from bench.rawws import RawClient
+
+logger = logging.getLogger("bench.idle")
+
+HOST = "127.0.0.1"
+#: A call walks through these, so every call the probes see ends and leaves the snapshot.
+CALL_STATUSES = ("initiated", "ringing", "in-progress", "ended")
+
+
+@dataclass
+class LatencyRecorder:
+    """Publish-to-receive latencies of probe events, grouped by the phase they were sent in."""
+
+    phase: str = "start"
+    sent: dict[tuple[str, str], tuple[float, str]] = field(default_factory=dict)
+    samples: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    loop_lag: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    bad_answers: int = 0
+
+    def on_text(self, text: str, arrived: float) -> None:
+        message = json.loads(text)
+        entry = self.sent.pop((message.get("callId"), message.get("status")), None)
+        if entry is not None:
+            sent_at, phase = entry
+            self.samples[phase].append(arrived - sent_at)
+
+
+def probe_stream(port: int, api_key: str, user: str, index: int, interval: float,
+                 recorder: LatencyRecorder) -> None:
+    """Publish one probe's calls in order, one event every ``interval`` seconds, forever."""
+    publisher = Publisher(port, api_key)
+    sequence = 0
+    next_at = time.monotonic()
+    while True:
+        call_id = f"probe{index}-call{sequence // len(CALL_STATUSES)}"
+        status = CALL_STATUSES[sequence % len(CALL_STATUSES)]
+        body = {"callId": call_id, "userId": user, "status": status,
+                "data": {"type": "status-update", "customerNumber": "+15550100"}}
+        recorder.sent[(call_id, status)] = (time.monotonic(), recorder.phase)
+        code, answer = publisher.post(body)
+        if code != 200 or answer["data"].get("delivered") != 1:
+            recorder.bad_answers += 1
+            logger.warning("probe publish answered %s: %s", code, answer)
+        sequence += 1
+        next_at = max(next_at + interval, time.monotonic())
+        gevent.sleep(next_at - time.monotonic())
+
+
+def watch_loop_lag(recorder: LatencyRecorder, tick: float = 0.01) -> None:
+    """Record how late this process's own event loop wakes up (generator saturation)."""
+    while True:
+        before = time.monotonic()
+        gevent.sleep(tick)
+        lag = time.monotonic() - before - tick
+        if lag > recorder.loop_lag[recorder.phase]:
+            recorder.loop_lag[recorder.phase] = lag
+
+
+def open_idle(port: int, first: int, count: int, concurrency: int, legacy: bool,
+              holders: list[RawClient], errors: list[str]) -> None:
+    """Open ``count`` idle initialised connections (users idle-<n>), reading in the background."""
+
+    def one(number: int) -> None:
+        client = RawClient()
+        try:
+            client.open(HOST, port, init_payload(f"idle-{number:05d}@bench.local", legacy), 30)
+        except Exception as failure:  # noqa: BLE001 - counted and reported, the run goes on
+            client.close()
+            errors.append(f"{type(failure).__name__}: {failure}")
+            return
+        client.start_reading()
+        holders.append(client)
+
+    pool = Pool(concurrency)
+    for number in range(first, first + count):
+        pool.spawn(one, number)
+    pool.join()
+
+
+def run(connections: int, levels: list[int], probes: int, rate: float, hold: float,
+        gc_tuning: str, legacy: bool, concurrency: int) -> dict[str, Any]:
+    """Run the whole scenario against a fresh server and return the figures."""
+    raise_fd_limit(connections + probes + 1000)
+    overrides = {"GC_TUNING": gc_tuning}
+    if legacy:
+        overrides["WS_REQUIRE_TOKEN"] = "false"
+    server = start_bench_server(overrides)
+    holders: list[RawClient] = []
+    probe_clients: list[RawClient] = []
+    background: list[gevent.Greenlet] = []
+    try:
+        pid = worker_pid(server)
+        recorder = LatencyRecorder()
+        for index in range(probes):
+            client = RawClient()
+            client.open(HOST, server.port, init_payload(f"probe-{index}@bench.local", legacy), 10)
+            client.start_reading(recorder.on_text)
+            probe_clients.append(client)
+        background.append(gevent.spawn(watch_loop_lag, recorder))
+        for index, client in enumerate(probe_clients):
+            background.append(gevent.spawn(
+                probe_stream, server.port, server.api_key, client.user_id, index,
+                probes / rate, recorder,
+            ))
+        gevent.sleep(1.0)  # warm-up: first requests import and cache things
+        recorder.samples.clear()
+
+        rows: list[dict[str, Any]] = []
+        errors: list[str] = []
+        baseline_rss: int | None = None
+        for level in levels:
+            missing = level - len(holders)
+            ramp_seconds = 0.0
+            ramp_cpu = 0.0
+            if missing > 0:
+                recorder.phase = f"ramp->{level}"
+                before = sample_process(pid)
+                started = time.monotonic()
+                open_idle(server.port, len(holders) + len(errors), missing, concurrency, legacy,
+                          holders, errors)
+                ramp_seconds = time.monotonic() - started
+                ramp_cpu = sample_process(pid).cpu_seconds - before.cpu_seconds
+                gevent.sleep(1.0)  # let the last sessions settle before measuring
+            recorder.phase = f"hold {level}"
+            start = sample_process(pid)
+            gevent.sleep(hold)
+            end = sample_process(pid)
+            if baseline_rss is None:
+                baseline_rss = end.rss_bytes
+            held = len(holders)
+            row = {
+                "level": level,
+                "held": held,
+                "open_seconds": round(ramp_seconds, 2),
+                "open_per_second": round(missing / ramp_seconds) if ramp_seconds else None,
+                "server_cpu_ms_per_open": round(ramp_cpu * 1000 / missing, 3) if missing > 0
+                else None,
+                "rss_mib": round(end.rss_bytes / 2**20, 1),
+                "kib_per_connection": round((end.rss_bytes - baseline_rss) / 1024 / held, 1)
+                if held else None,
+                "server_cpu_percent_holding": round(
+                    100 * (end.cpu_seconds - start.cpu_seconds) / (end.at - start.at), 1),
+                "latency_holding": percentiles(recorder.samples[f"hold {level}"]),
+                "latency_while_opening": percentiles(recorder.samples.get(f"ramp->{level}", [])),
+                "generator_max_loop_lag_ms": round(1000 * max(
+                    recorder.loop_lag[f"hold {level}"],
+                    recorder.loop_lag.get(f"ramp->{level}", 0.0)), 1),
+            }
+            rows.append(row)
+            logger.info("level %d: %s", level, json.dumps(row))
+        recorder.phase = "done"
+        deflate_accepted = sum(1 for c in holders + probe_clients if c.extensions)
+        closed_by_server = sum(1 for c in holders + probe_clients if not c.alive)
+        return {
+            "scenario": "idle_connections",
+            "gc_tuning": gc_tuning,
+            "auth": "legacy userId" if legacy else "emulator ID token",
+            "probes": probes,
+            "probe_rate_per_second": rate,
+            "hold_seconds": hold,
+            "deflate_offered": len(holders) + len(probe_clients),
+            "deflate_accepted": deflate_accepted,
+            "closed_by_server_during_run": closed_by_server,
+            "open_errors": len(errors),
+            "open_error_examples": errors[:5],
+            "bad_publish_answers": recorder.bad_answers,
+            "generator_cpu_seconds": round(own_cpu_seconds(), 1),
+            "levels": rows,
+        }
+    finally:
+        for greenlet in background:
+            greenlet.kill(block=False)
+        server.stop()
+        for client in holders + probe_clients:
+            client.close()
+
+
+def print_table(result: dict[str, Any]) -> None:
+    """Print the figures as a Markdown table (as pasted into bench/README.md)."""
+    print(f"\nidle connections, GC_TUNING={result['gc_tuning']}, {result['auth']}, "
+          f"{result['probes']} probes at {result['probe_rate_per_second']:g} events/s; "
+          f"deflate offered {result['deflate_offered']}, accepted {result['deflate_accepted']}; "
+          f"open errors {result['open_errors']}; closed by server "
+          f"{result['closed_by_server_during_run']}")
+    print("| held | open time | RSS MiB | KiB/conn | holding p50 / p99 / max ms "
+          "| while opening p50 / p99 / max ms | gen lag ms |")
+    print("|---:|---:|---:|---:|---|---|---:|")
+    for row in result["levels"]:
+        hold, ramp = row["latency_holding"], row["latency_while_opening"]
+
+        def trio(stats: dict[str, Any]) -> str:
+            if not stats.get("count"):
+                return "-"
+            return f"{stats['p50_ms']} / {stats['p99_ms']} / {stats['max_ms']} (n={stats['count']})"
+
+        opened = f"{row['open_seconds']} s" if row["open_seconds"] else "-"
+        print(f"| {row['held']} | {opened} | {row['rss_mib']} | {row['kib_per_connection'] or '-'} "
+              f"| {trio(hold)} | {trio(ramp)} | {row['generator_max_loop_lag_ms']} |")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.idle_connections",
+                                     description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared with ``bench.run``."""
+    parser.add_argument("--connections", type=int, default=10_000,
+                        help="idle connections at the last level (default 10000)")
+    parser.add_argument("--levels", default=None,
+                        help="comma list of idle levels (default 0,1000,5000,CONNECTIONS)")
+    parser.add_argument("--probes", type=int, default=4, help="probe sockets (default 4)")
+    parser.add_argument("--rate", type=float, default=100,
+                        help="probe events per second, all probes together (default 100)")
+    parser.add_argument("--hold", type=float, default=8, help="seconds measured per level")
+    parser.add_argument("--gc-tuning", choices=("on", "off"), default="on",
+                        help="GC_TUNING for the server: gc.freeze() + raised thresholds")
+    parser.add_argument("--legacy", action="store_true",
+                        help="userId-only init (WS_REQUIRE_TOKEN=false) instead of tokens")
+    parser.add_argument("--concurrency", type=int, default=100,
+                        help="handshakes in flight while opening (default 100)")
+
+
+def levels_for(connections: int, raw: str | None) -> list[int]:
+    """Return the idle levels to measure, ascending, ending at ``connections``."""
+    if raw:
+        return sorted({int(x) for x in raw.split(",")})
+    return sorted({level for level in (0, 1000, 5000) if level < connections} | {connections})
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    result = run(args.connections, levels_for(args.connections, args.levels), args.probes,
+                 args.rate, args.hold, args.gc_tuning, args.legacy, args.concurrency)
+    path = save_result(f"idle_connections-gc-{args.gc_tuning}", result)
+    print_table(result)
+    print(f"\nfull figures: {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

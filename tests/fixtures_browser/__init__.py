@@ -1,0 +1,1 @@
+"""Pages and helpers for the browser tests (tests/test_browser.py)."""

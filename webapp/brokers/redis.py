@@ -1,0 +1,743 @@
+"""The Redis broker: any number of workers and dynos share history, call state and fan-out.
+
+What lives where (every key starts with ``callwire:`` and carries a TTL, so
+Redis memory stays bounded; see ``docs/redis.md``):
+
+- ``u:<user>:h`` sorted set of the user's last ``HISTORY_SIZE`` events, scored
+  by id; ``u:<user>:last`` the user's newest id; ``u:<user>:open`` hash
+  callId -> id of the latest event of each non-terminal call (the snapshot).
+- ``call:<callId>`` hash: owner, status, sequence, updatedAt, latest event.
+- ``idem:<key>`` the first answer to a publish with that ``idempotencyKey``.
+- ``workers`` sorted set of live workers; ``w:<worker>:n`` / ``w:<worker>:c``
+  that worker's connection counts and connections per user (presence).
+
+**Publish is one Lua script.** It checks the idempotency key, the owner and
+the forward-only rule (a mirror of :func:`webapp.events.judge`), takes the id
+from Redis ``TIME`` (so ids increase per user whichever worker publishes),
+stores history and call state, caches the answer and ``PUBLISH``es the
+message, all atomically: the order of ids is the order of delivery.
+
+**Fan-out: one pub/sub channel (``callwire:events``) that every worker
+subscribes to**, rather than a stream. Pub/sub keeps nothing in Redis and
+adds no read cursor per worker; durability is already provided by the
+per-user history, which resume needs anyway. Its weakness, that a worker
+misses what is published while its subscription is down, is covered by
+recovery: after (re)subscribing, the listener replays from history every
+event newer than its last sign of life to the users it holds, and each
+connection drops ids it already has. Per-user channels would avoid parsing
+messages for users a worker does not hold, but cost a SUBSCRIBE per socket
+and a race at every attach; one channel costs each worker one JSON parse
+per event (about 5 µs), which is cheap at Heroku's scale of a few workers.
+A stream would duplicate the history and need trimming and a cursor per
+worker for the same guarantee.
+
+**Presence is best effort.** Each worker writes its connections to Redis
+soon after they change and every few seconds, with a short expiry, so a
+worker that dies vanishes. ``delivered`` in a publish answer is the number
+of the owner's connections that live workers reported last.
+
+**Outages.** Commands use short socket timeouts and no automatic retries
+(a publish must not run twice), and every failure to reach Redis becomes
+:class:`BrokerUnavailable` (REST answers 503). The listener thread
+reconnects with capped exponential backoff, then recovers what it missed.
+
+Not for Redis Cluster: the publish script derives the owner's keys itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from typing import Any
+
+import gevent
+import gevent.event
+import redis
+from gevent import monkey
+from redis.backoff import NoBackoff
+from redis.exceptions import (
+    BusyLoadingError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+)
+from redis.retry import Retry
+
+from webapp.brokers.base import (
+    Broker,
+    BrokerUnavailable,
+    ConnectionInfo,
+    Node,
+    Replay,
+    Snapshot,
+)
+from webapp.events import (
+    EVENT_NAME,
+    RANK,
+    TERMINAL,
+    CallState,
+    EventDraft,
+    OwnershipConflict,
+    PublishResult,
+    UnknownOwner,
+    event_id_order,
+    event_message,
+    utc_timestamp,
+)
+
+logger = logging.getLogger(__name__)
+
+KEY_PREFIX = "callwire:"
+CHANNEL = KEY_PREFIX + "events"
+WORKERS_KEY = KEY_PREFIX + "workers"
+
+#: A dead Redis must never hold a request for long.
+CONNECT_TIMEOUT_SECONDS = 1.0
+COMMAND_TIMEOUT_SECONDS = 2.0
+#: Presence: rewritten this often (and soon after a change), expires after PRESENCE_TTL.
+PRESENCE_INTERVAL_SECONDS = 5.0
+PRESENCE_TTL_SECONDS = 15
+#: Connect storms rewrite presence at most this often.
+PRESENCE_MIN_GAP_SECONDS = 0.2
+#: The listener pings an idle subscription this often and gives up without an answer.
+LISTENER_POLL_SECONDS = 0.25
+LISTENER_PING_SECONDS = 2.0
+LISTENER_DEAD_SECONDS = 6.0
+#: Reconnect backoff of the listener.
+BACKOFF_MIN_SECONDS = 0.05
+BACKOFF_MAX_SECONDS = 5.0
+#: Recovery replays events newer than the last sign of life minus this margin
+#: (covers clock skew between this machine and Redis; connections dedupe by id).
+RECOVERY_MARGIN_SECONDS = 30.0
+
+#: Errors that mean "Redis cannot take this right now", answered with 503.
+_UNAVAILABLE = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    BusyLoadingError,
+    ReadOnlyError,
+    OutOfMemoryError,
+    OSError,
+)
+
+_PING_TOKEN = "callwire-listener"
+
+_LUA_RANK = "{" + ", ".join(f'["{s}"] = {r}' for s, r in RANK.items()) + "}"
+_LUA_TERMINAL = "{" + ", ".join(f'["{s}"] = true' for s in sorted(TERMINAL)) + "}"
+
+#: Sum the user's connections reported by every live worker (presence).
+_LUA_COUNT = """
+local function count_connections(prefix, workers_key, user)
+  local total = 0
+  for _, worker in ipairs(redis.call('ZRANGE', workers_key, 0, -1)) do
+    total = total + (tonumber(redis.call('HGET', prefix .. 'w:' .. worker .. ':n', user)) or 0)
+  end
+  return total
+end
+"""
+
+_PUBLISH_SCRIPT = _LUA_COUNT + f"""
+-- KEYS: call state, workers. ARGV: see RedisBroker.publish.
+local RANK = {_LUA_RANK}
+local TERMINAL = {_LUA_TERMINAL}
+local prefix, call_id, status, user, seq = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local idem_key, head, tail, timestamp = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local size, ttl, idem_ttl, channel = tonumber(ARGV[10]), tonumber(ARGV[11]), ARGV[12], ARGV[13]
+local call_key, workers_key = KEYS[1], KEYS[2]
+
+if idem_key ~= '' then
+  local cached = redis.call('GET', idem_key)
+  if cached then return {{'cached', cached}} end
+end
+
+local previous = redis.call('HMGET', call_key, 'owner', 'status', 'seq')
+local owner = previous[1]
+if owner then
+  if user ~= '' and user ~= owner then return {{'conflict'}} end
+else
+  if user == '' then return {{'unknown'}} end
+  owner = user
+end
+
+-- The forward-only rule, exactly as webapp.events.judge.
+local verdict = 'accept'
+if previous[1] then
+  local before = previous[2]
+  if status == before then
+    verdict = 'duplicate'
+  elseif TERMINAL[before] then
+    verdict = 'stale'
+  elseif seq ~= '' and previous[3] and previous[3] ~= ''
+      and tonumber(seq) <= tonumber(previous[3]) then
+    verdict = 'stale'
+  elseif RANK[status] <= RANK[before] then
+    verdict = 'stale'
+  end
+end
+if verdict ~= 'accept' then
+  if idem_key ~= '' then
+    redis.call('SET', idem_key, '{{"id":null,"dropped":"' .. verdict .. '"}}', 'EX', idem_ttl)
+  end
+  return {{verdict}}
+end
+
+-- The id: Redis time in microseconds, or the user's previous id + 1.
+if redis.replicate_commands then redis.replicate_commands() end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local user_prefix = prefix .. 'u:' .. owner .. ':'
+local history_key = user_prefix .. 'h'
+local last_key, open_key = user_prefix .. 'last', user_prefix .. 'open'
+local number = now
+local last = tonumber(redis.call('GET', last_key) or '')
+if last and last >= number then number = last + 1 end
+local id = string.format('%016.0f', number)
+local message = head .. id .. tail
+
+redis.call('ZADD', history_key, id, message)
+redis.call('ZREMRANGEBYSCORE', history_key, '-inf', string.format('%.0f', now - ttl * 1000000))
+redis.call('ZREMRANGEBYRANK', history_key, 0, -(size + 1))
+redis.call('EXPIRE', history_key, ttl)
+redis.call('SET', last_key, id, 'EX', ttl)
+if TERMINAL[status] then
+  redis.call('HDEL', open_key, call_id)
+else
+  redis.call('HSET', open_key, call_id, id)
+end
+if redis.call('HLEN', open_key) > 2 * size then
+  -- Calls whose latest event has left history can never be in a snapshot.
+  local oldest = redis.call('ZRANGE', history_key, 0, 0, 'WITHSCORES')[2]
+  local entries = redis.call('HGETALL', open_key)
+  for i = 1, #entries, 2 do
+    if tonumber(entries[i + 1]) < tonumber(oldest) then redis.call('HDEL', open_key, entries[i]) end
+  end
+end
+redis.call('EXPIRE', open_key, ttl)
+redis.call('HSET', call_key, 'owner', owner, 'status', status, 'seq', seq,
+           'updatedAt', timestamp, 'event', message)
+redis.call('EXPIRE', call_key, ttl)
+
+local delivered = count_connections(prefix, workers_key, owner)
+redis.call('PUBLISH', channel, '{{"u":' .. cjson.encode(owner) .. ',"m":' .. message .. '}}')
+if idem_key ~= '' then
+  redis.call('SET', idem_key, '{{"id":"' .. id .. '","event":' .. message .. '}}', 'EX', idem_ttl)
+end
+return {{'accept', id, delivered}}
+"""
+
+_TRANSIENT_SCRIPT = _LUA_COUNT + """
+-- KEYS: workers. ARGV: prefix, user, payload, channel.
+local delivered = count_connections(ARGV[1], KEYS[1], ARGV[2])
+redis.call('PUBLISH', ARGV[4], ARGV[3])
+return delivered
+"""
+
+_COUNT_SCRIPT = _LUA_COUNT + """
+-- KEYS: workers. ARGV: prefix, user, worker to leave out.
+local total = 0
+for _, worker in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if worker ~= ARGV[3] then
+    total = total + (tonumber(redis.call('HGET', ARGV[1] .. 'w:' .. worker .. ':n', ARGV[2])) or 0)
+  end
+end
+return total
+"""
+
+_HISTORY_SCRIPT = """
+-- KEYS: history, last. ARGV: last event id, history ttl, '1' when the id is well formed.
+local clock = redis.call('TIME')
+local cutoff = tonumber(clock[1]) * 1000000 + tonumber(clock[2]) - tonumber(ARGV[2]) * 1000000
+local latest = redis.call('GET', KEYS[2])
+if ARGV[3] ~= '1' then return {latest, 0} end
+local from = tonumber(ARGV[1])
+if from <= cutoff then return {latest, 0} end
+local rows = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf', 'WITHSCORES')
+if #rows == 0 or tonumber(rows[2]) ~= from then return {latest, 0} end
+local out = {latest, 1}
+for i = 3, #rows, 2 do out[#out + 1] = rows[i] end
+return out
+"""
+
+_SNAPSHOT_SCRIPT = """
+-- KEYS: history, last, open calls. ARGV: history ttl.
+local latest = redis.call('GET', KEYS[2])
+if not latest then return {false} end
+local clock = redis.call('TIME')
+local cutoff = tonumber(clock[1]) * 1000000 + tonumber(clock[2]) - tonumber(ARGV[1]) * 1000000
+local wanted = {}
+local open = redis.call('HGETALL', KEYS[3])
+for i = 2, #open, 2 do wanted[tonumber(open[i])] = true end
+local out = {latest}
+local rows = redis.call('ZRANGEBYSCORE', KEYS[1], string.format('(%.0f', cutoff), '+inf',
+                       'WITHSCORES')
+for i = 1, #rows, 2 do
+  if wanted[tonumber(rows[i + 1])] then out[#out + 1] = rows[i] end
+end
+return out
+"""
+
+
+def history_key(user_id: str) -> str:
+    """Return the key of a user's event history."""
+    return f"{KEY_PREFIX}u:{user_id}:h"
+
+
+def _last_key(user_id: str) -> str:
+    return f"{KEY_PREFIX}u:{user_id}:last"
+
+
+def _open_key(user_id: str) -> str:
+    return f"{KEY_PREFIX}u:{user_id}:open"
+
+
+def _call_key(call_id: str) -> str:
+    return f"{KEY_PREFIX}call:{call_id}"
+
+
+def _idempotency_key(key: str) -> str:
+    return f"{KEY_PREFIX}idem:{key}"
+
+
+def _counts_key(worker: str) -> str:
+    return f"{KEY_PREFIX}w:{worker}:n"
+
+
+def _connections_key(worker: str) -> str:
+    return f"{KEY_PREFIX}w:{worker}:c"
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _message_parts(draft: EventDraft, timestamp: str) -> tuple[str, str]:
+    """Split the event's JSON around its id, which only the publish script knows.
+
+    Same keys and order as :func:`webapp.events.event_message`; the script
+    joins ``head + id + tail``, so user data never passes through Lua's JSON.
+    """
+    body = {"event": EVENT_NAME, "callId": draft.call_id, "status": draft.status,
+            "data": draft.data}
+    encoded = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    head = encoded[:-1] + ',"id":"'
+    tail = '","timestamp":' + json.dumps(timestamp, ensure_ascii=False) + "}"
+    return head, tail
+
+
+def _call_now(function: Callable[..., Any], *args: Any) -> None:
+    function(*args)
+
+
+class _HubRelay:
+    """Run node calls one after another, in order, on the gevent hub that created it.
+
+    Under gunicorn's gevent worker, threads are greenlets of the one hub and
+    the listener calls the node directly. In a process without
+    monkey-patching (unit tests, scripts) the listener is a real thread, yet
+    connections spawn their writers on the main hub: calls are queued and
+    run there by one greenlet, which keeps their order.
+    """
+
+    def __init__(self) -> None:
+        self._pending: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
+        self._wake = gevent.event.Event()
+        self._loop = gevent.get_hub().loop
+        self._runner = gevent.spawn(self._run)
+
+    def __call__(self, function: Callable[..., Any], *args: Any) -> None:
+        self._pending.append((function, args))
+        self._loop.run_callback_threadsafe(self._wake.set)
+
+    def close(self) -> None:
+        self._runner.kill(block=False)
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                function, args = self._pending.popleft()
+                try:
+                    function(*args)
+                except Exception:  # noqa: BLE001 - one bad call must not stop the rest
+                    logger.exception("redis broker: node call failed")
+
+
+def _worker_name() -> str:
+    host = socket.gethostname().replace(":", "-")[:40]
+    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class RedisBroker(Broker):
+    """Keep history and call state in Redis and fan out through one pub/sub channel."""
+
+    def __init__(
+        self,
+        url: str,
+        history_size: int = 200,
+        history_ttl_seconds: float = 86400,
+        idempotency_ttl_seconds: float = 3600,
+    ) -> None:
+        self._history_size = int(history_size)
+        self._history_ttl = max(1, int(history_ttl_seconds))
+        self._idempotency_ttl = max(1, int(idempotency_ttl_seconds))
+        # from_url handles redis://, rediss:// (TLS) and unix://; URL query
+        # arguments such as ?ssl_cert_reqs=none (Heroku's self-signed
+        # certificates) reach the connection class. No automatic retries: a
+        # publish that timed out may have run, and must not run twice.
+        self._redis = redis.Redis.from_url(
+            url,
+            socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            socket_timeout=COMMAND_TIMEOUT_SECONDS,
+            socket_keepalive=True,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+        )
+        self._publish_script = self._redis.register_script(_PUBLISH_SCRIPT)
+        self._transient_script = self._redis.register_script(_TRANSIENT_SCRIPT)
+        self._count_script = self._redis.register_script(_COUNT_SCRIPT)
+        self._history_script = self._redis.register_script(_HISTORY_SCRIPT)
+        self._snapshot_script = self._redis.register_script(_SNAPSHOT_SCRIPT)
+        self._worker = _worker_name()
+        self._node: Node | None = None
+        #: How the listener calls the node: directly, or through a _HubRelay.
+        self._to_node: Callable[..., Any] = _call_now
+        self._stopping = threading.Event()
+        self._presence_wake = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._listening = False
+        self._reachable = True
+        #: Wall-clock time of the listener's last sign of life (recovery floor).
+        self._alive_at = time.time()
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self, node: Node) -> None:
+        if self._node is not None:
+            return
+        self._node = node
+        if not monkey.is_module_patched("threading"):
+            self._to_node = _HubRelay()
+        self._stopping.clear()
+        self._alive_at = time.time()
+        try:
+            self._write_presence()
+        except _UNAVAILABLE as error:
+            logger.warning("redis broker: presence not written at start (%s); will retry", error)
+        for target, name in ((self._listen, "listener"), (self._keep_presence, "presence")):
+            thread = threading.Thread(target=target, name=f"callwire-redis-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        logger.info("redis broker started as worker %s", self._worker)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._presence_wake.set()
+        for thread in self._threads:
+            thread.join(timeout=2 * LISTENER_POLL_SECONDS + COMMAND_TIMEOUT_SECONDS)
+        self._threads = []
+        if self._node is not None:
+            try:
+                pipe = self._redis.pipeline(transaction=True)
+                pipe.delete(_counts_key(self._worker), _connections_key(self._worker))
+                pipe.zrem(WORKERS_KEY, self._worker)
+                pipe.execute()
+            except _UNAVAILABLE:
+                pass  # the keys expire by themselves
+        self._node = None
+        if isinstance(self._to_node, _HubRelay):
+            self._to_node.close()
+            self._to_node = _call_now
+        self._redis.close()
+
+    def presence_changed(self) -> None:
+        """Ask for this worker's presence to be rewritten soon (the node calls it)."""
+        self._presence_wake.set()
+
+    # -- events ----------------------------------------------------------------
+
+    def publish(self, draft: EventDraft) -> PublishResult:
+        timestamp = draft.timestamp or utc_timestamp()
+        head, tail = _message_parts(draft, timestamp)
+        idem = _idempotency_key(draft.idempotency_key) if draft.idempotency_key else ""
+        args = [
+            KEY_PREFIX, draft.call_id, draft.status, draft.user_id or "",
+            "" if draft.sequence is None else str(int(draft.sequence)),
+            idem, head, tail, timestamp,
+            self._history_size, self._history_ttl, self._idempotency_ttl, CHANNEL,
+        ]
+        with self._available("publish"):
+            reply = self._publish_script(keys=[_call_key(draft.call_id), WORKERS_KEY], args=args)
+        kind = _text(reply[0])
+        if kind == "accept":
+            event_id = _text(reply[1])
+            return PublishResult(event_id, int(reply[2]), None,
+                                 event_message(event_id, draft, timestamp))
+        if kind in ("duplicate", "stale"):
+            return PublishResult(None, 0, kind)
+        if kind == "cached":
+            first = json.loads(reply[1])
+            return PublishResult(first["id"], 0, first.get("dropped"), first.get("event"))
+        if kind == "conflict":
+            raise OwnershipConflict(f"Call {draft.call_id} belongs to another user; event refused.")
+        if kind == "unknown":
+            raise UnknownOwner(
+                f"userId is required: the owner of call {draft.call_id} is not known yet."
+            )
+        raise RuntimeError(f"unexpected answer from the publish script: {kind!r}")
+
+    def publish_transient(self, user_id: str, message: dict[str, Any]) -> int:
+        payload = json.dumps({"u": user_id, "m": message}, separators=(",", ":"))
+        with self._available("publish_transient"):
+            return int(self._transient_script(
+                keys=[WORKERS_KEY], args=[KEY_PREFIX, user_id, payload, CHANNEL]
+            ))
+
+    def history_since(self, user_id: str, last_event_id: str) -> Replay:
+        well_formed = (isinstance(last_event_id, str) and len(last_event_id) == 16
+                       and event_id_order(last_event_id) >= 0)
+        with self._available("history_since"):
+            reply = self._history_script(
+                keys=[history_key(user_id), _last_key(user_id)],
+                args=[last_event_id if well_formed else "0", self._history_ttl,
+                      "1" if well_formed else "0"],
+            )
+        latest = _text(reply[0])
+        if not int(reply[1]):
+            return Replay([], False, latest)
+        return Replay([json.loads(row) for row in reply[2:]], True, latest)
+
+    def snapshot(self, user_id: str) -> Snapshot:
+        with self._available("snapshot"):
+            reply = self._snapshot_script(
+                keys=[history_key(user_id), _last_key(user_id), _open_key(user_id)],
+                args=[self._history_ttl],
+            )
+        latest = _text(reply[0])
+        if latest is None:
+            return Snapshot([], None)
+        return Snapshot([json.loads(row) for row in reply[1:]], latest)
+
+    def call_state(self, call_id: str) -> CallState | None:
+        with self._available("call_state"):
+            fields = self._redis.hgetall(_call_key(call_id))
+        if not fields or b"owner" not in fields:
+            return None
+        sequence = fields.get(b"seq") or b""
+        return CallState(
+            call_id=call_id,
+            owner=fields[b"owner"].decode(),
+            status=fields[b"status"].decode(),
+            updated_at=fields[b"updatedAt"].decode(),
+            event=json.loads(fields[b"event"]),
+            sequence=int(sequence) if sequence else None,
+        )
+
+    # -- presence --------------------------------------------------------------
+
+    def presence(self) -> list[ConnectionInfo]:
+        mine = self._node.local_connections() if self._node is not None else []
+        with self._available("presence"):
+            workers = [w for w in self._live_workers() if w != self._worker]
+            pipe = self._redis.pipeline(transaction=False)
+            for worker in workers:
+                pipe.hgetall(_connections_key(worker))
+            listings = pipe.execute()
+        others: list[ConnectionInfo] = []
+        for worker, listing in zip(workers, listings, strict=True):
+            for user, encoded in listing.items():
+                for conn_id, connected_at, transport in json.loads(encoded):
+                    others.append(ConnectionInfo(
+                        id=f"{worker}/{conn_id}", user_id=user.decode(),
+                        connected_at=connected_at, transport=transport,
+                    ))
+        return mine + others
+
+    def connection_count(self, user_id: str) -> int:
+        node = self._node
+        local = sum(1 for c in node.local_connections() if c.user_id == user_id) if node else 0
+        with self._available("connection_count"):
+            others = self._count_script(
+                keys=[WORKERS_KEY], args=[KEY_PREFIX, user_id, self._worker]
+            )
+        return local + int(others)
+
+    def is_ready(self) -> bool:
+        if self._node is not None and not self._listening:
+            return False
+        try:
+            return bool(self._redis.ping())
+        except (RedisError, OSError):
+            return False
+
+    def _live_workers(self) -> list[str]:
+        return [w.decode() for w in self._redis.zrange(WORKERS_KEY, 0, -1)]
+
+    def _write_presence(self) -> None:
+        """Replace this worker's presence in Redis; it expires unless rewritten."""
+        node = self._node
+        if node is None:
+            return
+        listing: dict[str, list[list[str]]] = {}
+        for info in node.local_connections():
+            if info.user_id:
+                listing.setdefault(info.user_id, []).append(
+                    [info.id, info.connected_at, info.transport]
+                )
+        counts_key, connections_key = _counts_key(self._worker), _connections_key(self._worker)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.delete(counts_key, connections_key)
+        if listing:
+            pipe.hset(counts_key, mapping={u: len(c) for u, c in listing.items()})
+            pipe.hset(connections_key, mapping={
+                u: json.dumps(c, separators=(",", ":")) for u, c in listing.items()
+            })
+            pipe.expire(counts_key, PRESENCE_TTL_SECONDS)
+            pipe.expire(connections_key, PRESENCE_TTL_SECONDS)
+        now = time.time()
+        pipe.zadd(WORKERS_KEY, {self._worker: now + PRESENCE_TTL_SECONDS})
+        # Members stay a while past their expiry (clock skew between machines);
+        # a dead worker's counts have expired by then anyway.
+        pipe.zremrangebyscore(WORKERS_KEY, "-inf", now - 4 * PRESENCE_TTL_SECONDS)
+        pipe.expire(WORKERS_KEY, 4 * PRESENCE_TTL_SECONDS)
+        pipe.execute()
+
+    def _keep_presence(self) -> None:
+        """Rewrite presence every few seconds, and soon after the node says it changed."""
+        while not self._stopping.is_set():
+            self._presence_wake.wait(PRESENCE_INTERVAL_SECONDS)
+            if self._stopping.is_set():
+                return
+            self._presence_wake.clear()
+            try:
+                self._write_presence()
+            except _UNAVAILABLE as error:
+                logger.debug("presence not written: %s", error)
+            except Exception:  # noqa: BLE001 - the loop must outlive any bug
+                logger.exception("presence update failed")
+            self._stopping.wait(PRESENCE_MIN_GAP_SECONDS)
+
+    # -- the listener ------------------------------------------------------------
+
+    def _listen(self) -> None:
+        """Deliver pub/sub messages to the node; reconnect and recover after any failure."""
+        backoff = BACKOFF_MIN_SECONDS
+        while not self._stopping.is_set():
+            pubsub = self._redis.pubsub()
+            try:
+                self._subscribe(pubsub)
+                self._recover()
+                self._alive_at = time.time()
+                self._listening = True
+                backoff = BACKOFF_MIN_SECONDS
+                self._pump(pubsub)
+            except _UNAVAILABLE as error:
+                if not self._stopping.is_set():
+                    logger.warning(
+                        "redis listener: connection lost or refused (%s); retrying in %.2fs",
+                        error or type(error).__name__, backoff,
+                    )
+            except Exception:  # noqa: BLE001 - the listener must outlive any bug
+                logger.exception("redis listener failed; restarting in %.2fs", backoff)
+            finally:
+                self._listening = False
+                # The connection may be gone already.
+                with suppress(Exception):
+                    pubsub.close()
+            self._stopping.wait(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
+
+    def _subscribe(self, pubsub: redis.client.PubSub) -> None:
+        """Subscribe and wait for Redis to confirm, so recovery cannot leave a gap."""
+        pubsub.subscribe(CHANNEL)
+        deadline = time.monotonic() + COMMAND_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=LISTENER_POLL_SECONDS)
+            if message is not None and message["type"] == "subscribe":
+                return
+        raise redis.TimeoutError("no confirmation of SUBSCRIBE")
+
+    def _recover(self) -> None:
+        """Replay from history what the node's users may have missed while unsubscribed.
+
+        Every event newer than the last sign of life (minus a margin) goes to
+        the node again; each connection drops the ids it already has, so this
+        repeats nothing and fills any gap, including for connections that had
+        no event yet.
+        """
+        node = self._node
+        if node is None:
+            return
+        users = sorted({c.user_id for c in node.local_connections() if c.user_id})
+        if not users:
+            return
+        floor = max(self._alive_at - RECOVERY_MARGIN_SECONDS, time.time() - self._history_ttl)
+        floor_id = f"({int(floor * 1_000_000)}"
+        replayed = 0
+        for start in range(0, len(users), 500):
+            chunk = users[start : start + 500]
+            pipe = self._redis.pipeline(transaction=False)
+            for user in chunk:
+                pipe.zrangebyscore(history_key(user), floor_id, "+inf")
+            for user, rows in zip(chunk, pipe.execute(), strict=True):
+                for row in rows:
+                    self._to_node(node.deliver, user, json.loads(row))
+                    replayed += 1
+        logger.info("redis listener: replayed %d events of %d users from history "
+                    "(connections skip the ones they have)", replayed, len(users))
+
+    def _pump(self, pubsub: redis.client.PubSub) -> None:
+        """Hand messages to the node until the subscription fails or the broker stops."""
+        logger.info("redis listener subscribed to %s", CHANNEL)
+        last_seen = time.monotonic()
+        ping_sent: float | None = None
+        while not self._stopping.is_set():
+            message = pubsub.get_message(timeout=LISTENER_POLL_SECONDS)
+            now = time.monotonic()
+            if message is None:
+                if ping_sent is None and now - last_seen > LISTENER_PING_SECONDS:
+                    pubsub.ping(_PING_TOKEN)
+                    ping_sent = now
+                elif ping_sent is not None and now - ping_sent > LISTENER_DEAD_SECONDS:
+                    raise redis.TimeoutError("subscription silent: no answer to PING")
+                continue
+            last_seen = now
+            ping_sent = None
+            self._alive_at = time.time()
+            if message["type"] == "message":
+                self._dispatch(message["data"])
+
+    def _dispatch(self, payload: bytes) -> None:
+        node = self._node
+        if node is None:
+            return
+        try:
+            envelope = json.loads(payload)
+            self._to_node(node.deliver, envelope["u"], envelope["m"])
+        except Exception:  # noqa: BLE001 - one bad message must not stop delivery
+            logger.exception("redis listener: could not deliver a message")
+
+    # -- errors ----------------------------------------------------------------
+
+    @contextmanager
+    def _available(self, operation: str) -> Iterator[None]:
+        """Turn "Redis cannot be reached" into BrokerUnavailable; log changes of state once."""
+        try:
+            yield
+        except _UNAVAILABLE as error:
+            if self._reachable:
+                self._reachable = False
+                logger.warning("redis unavailable during %s: %s", operation,
+                               error or type(error).__name__)
+            raise BrokerUnavailable(f"Redis unavailable: {error}") from error
+        if not self._reachable:
+            self._reachable = True
+            logger.info("redis reachable again")
