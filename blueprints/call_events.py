@@ -9,7 +9,7 @@ from flask import request
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
-from blueprints.schemas import EventSchema, PublishAnswerSchema
+from blueprints.schemas import CallStatusAnswerSchema, EventSchema, PublishAnswerSchema
 from webapp.brokers.base import BrokerUnavailable
 from webapp.config import normalise_email
 from webapp.events import EventDraft, PublishError, format_utc
@@ -78,12 +78,8 @@ class Events(MethodView):
                 "application/json": {
                     "schema": {
                         "oneOf": [
-                            {"$ref": "#/components/schemas/Event"},
-                            {
-                                "type": "array",
-                                "maxItems": MAX_BATCH,
-                                "items": {"$ref": "#/components/schemas/Event"},
-                            },
+                            EventSchema,
+                            {"type": "array", "maxItems": MAX_BATCH, "items": EventSchema},
                         ]
                     }
                 }
@@ -98,7 +94,7 @@ class Events(MethodView):
     def post(self) -> Any:
         """Publish one call status change, or a batch of up to 500 in order."""
         require_api_key()
-        body = request.get_json(silent=True)
+        body = request.get_json(silent=True, force=True)  # any Content-Type: backends vary
         if body is None:
             abort(400, message="Body must be a JSON event object or an array of them")
         try:
@@ -135,7 +131,7 @@ class Events(MethodView):
 @blp.route("/<string:call_id>/status")
 class CallStatus(MethodView):
     @blp.doc(security=[{"bearerAuth": []}])
-    @blp.response(200, PublishAnswerSchema)
+    @blp.response(200, CallStatusAnswerSchema)
     @blp.alt_response(401, description="Missing or invalid token")
     @blp.alt_response(403, description="The call belongs to another user")
     @blp.alt_response(404, description="Unknown call")

@@ -59,6 +59,18 @@ class PublishAnswerSchema(ma.Schema):
     data = ma.fields.Raw(metadata={"description": "A result, or a list of results for a batch"})
 
 
+class CallStatusSchema(ma.Schema):
+    callId = ma.fields.String(metadata={"description": "The call"})
+    status = ma.fields.String(metadata={"description": "Its latest status"})
+    updatedAt = ma.fields.String(metadata={"description": "When it changed (ISO 8601 UTC)"})
+    event = ma.fields.Raw(metadata={"description": "The latest event, exactly as delivered"})
+
+
+class CallStatusAnswerSchema(ma.Schema):
+    success = ma.fields.Boolean()
+    data = ma.fields.Nested(CallStatusSchema)
+
+
 class TestMessageSchema(ma.Schema):
     """The seed's test message request."""
 

@@ -41,8 +41,8 @@ from webapp.events import (
 from webapp.realtime import Realtime
 
 WAIT_SECONDS = 3.0
-ALICE = "alice@example.com"
-BOB = "bob@example.com"
+ALICE = "alice@contract.example"
+BOB = "bob@contract.example"
 
 _barriers = itertools.count(1)
 
@@ -226,7 +226,7 @@ def test_publish_answers_the_number_of_connections_reached(make_broker):
     node = RecordingNode({ALICE: 2})
     broker = make_broker(node)
     assert publish(broker, "call-count", "ringing").delivered == 2
-    assert publish(broker, "call-nobody", "ringing", "nobody@example.com").delivered == 0
+    assert publish(broker, "call-nobody", "ringing", "nobody@contract.example").delivered == 0
 
 
 def test_concurrent_publishers_get_unique_ids_delivered_in_id_order(broker, node):
@@ -252,10 +252,10 @@ def test_concurrent_publishers_get_unique_ids_delivered_in_id_order(broker, node
 
 def test_user_ids_are_used_exactly_as_given(broker, node):
     # Normalising emails is the caller's job (the REST layer and webhooks do it).
-    result = publish(broker, "call-case", "ringing", "Carol@Example.COM")
-    node.settle(broker, "Carol@Example.COM")
-    assert ids(node.events("Carol@Example.COM")) == [result.id]
-    assert broker.call_state("call-case").owner == "Carol@Example.COM"
+    result = publish(broker, "call-case", "ringing", "Carol@Contract.EXAMPLE")
+    node.settle(broker, "Carol@Contract.EXAMPLE")
+    assert ids(node.events("Carol@Contract.EXAMPLE")) == [result.id]
+    assert broker.call_state("call-case").owner == "Carol@Contract.EXAMPLE"
 
 
 # -- ordering and dedup ------------------------------------------------------------------------
@@ -341,7 +341,7 @@ def test_an_idempotency_key_is_forgotten_after_its_ttl(make_broker, node):
     first = publish(broker, "call-idem-ttl", "ringing", idempotency_key="key-ttl")
     assert first.id is not None
     assert publish(broker, "call-idem-ttl", "ringing", idempotency_key="key-ttl").id == first.id
-    time.sleep(1.3)
+    time.sleep(1.2)
     again = publish(broker, "call-idem-ttl", "ringing", idempotency_key="key-ttl")
     assert (again.id, again.dropped) == (None, "duplicate")  # judged anew
 
@@ -415,7 +415,7 @@ def test_history_since_an_unknown_id_is_not_recovered(broker, node, unknown):
 
 
 def test_history_since_for_a_user_without_history(broker, node):
-    assert broker.history_since("nobody@example.com", "1737916898130000") == Replay(
+    assert broker.history_since("nobody@contract.example", "1737916898130000") == Replay(
         [], False, None
     )
 
@@ -437,7 +437,7 @@ def test_history_expires_after_history_ttl(make_broker, node):
     answers = [publish(broker, f"call-t{n}", "ringing") for n in range(3)]
     assert ids(broker.history_since(ALICE, answers[0].id).events) == [answers[1].id, answers[2].id]
     assert len(broker.snapshot(ALICE).events) == 3
-    time.sleep(1.3)
+    time.sleep(1.2)
     replay = broker.history_since(ALICE, answers[0].id)
     assert (replay.events, replay.recovered) == ([], False)
     assert broker.snapshot(ALICE).events == []
@@ -527,7 +527,7 @@ def test_presence_lists_the_connections_of_every_node(broker, node):
     while broker.connection_count(ALICE) != 1 and time.monotonic() < deadline:
         gevent.sleep(0.02)
     assert broker.connection_count(ALICE) == 1
-    assert broker.connection_count("nobody@example.com") == 0
+    assert broker.connection_count("nobody@contract.example") == 0
     assert sorted(c.user_id for c in broker.presence()) == [ALICE, BOB]
 
 

@@ -22,6 +22,7 @@ import pytest
 import requests
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from tests.fixtures_browser.site import StaticSite
 from tests.fixtures_browser.tcp_proxy import TcpProxy
 from tests.support.net import free_port
 from tests.support.server import ARTIFACTS, ROOT, LiveServer
@@ -61,6 +62,14 @@ def browser() -> Iterator[Browser]:
         chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StaticSite]:
+    """The web site of an app that embeds callwire.js (or the seed's class)."""
+    static_site = StaticSite(tmp_path_factory.mktemp("site"))
+    yield static_site
+    static_site.close()
 
 
 @dataclass
@@ -109,6 +118,8 @@ def open_tab(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Calla
     for tab, context in tabs:
         try:
             tab.shot("final", full_page=True)
+            lines = tab.console + [f"pageerror: {error}" for error in tab.errors]
+            (SHOTS / f"{tab.name}-console.txt").write_text("\n".join(lines) + "\n")
         finally:
             context.close()
     for tab, _ in tabs:
@@ -387,13 +398,18 @@ def test_production_page_uses_the_sign_in_hook_and_stops_on_policy_close(server_
 
 # -- restarts and broken networks --------------------------------------------------
 
+#: gunicorn waits out idle HTTP keep-alive connections (5 s in gunicorn.conf.py)
+#: before a stopping worker exits, and the browser holds one from loading the
+#: page; a shorter keep-alive only makes the restarts below quicker.
+QUICK_STOP = {"GUNICORN_CMD_ARGS": "--keep-alive 1"}
+
 
 @pytest.mark.redis
 def test_restart_with_redis_resumes_without_missing_a_status(
     server_factory, redis_server, open_tab
 ):
     port = free_port()
-    redis_env = {"REDIS_URL": redis_server.url}
+    redis_env = {"REDIS_URL": redis_server.url, **QUICK_STOP}
     first = server_factory(redis_env, port=port, name="browser-redis-a")
     other = server_factory(redis_env, name="browser-redis-b")
     tab = open_tab()
@@ -419,7 +435,7 @@ def test_restart_with_redis_resumes_without_missing_a_status(
 
 def test_restart_without_redis_rereads_open_calls(server_factory, open_tab):
     port = free_port()
-    first = server_factory(port=port, name="browser-memory-a")
+    first = server_factory(QUICK_STOP, port=port, name="browser-memory-a")
     tab = open_tab()
     email = unique_email("memory")
     sign_in(tab, first.http, email)
@@ -429,7 +445,7 @@ def test_restart_without_redis_rereads_open_calls(server_factory, open_tab):
 
     first.stop()
     tab.wait("() => callwireDemo.closes.includes(1012)", timeout=5)
-    second = server_factory(port=port, name="browser-memory-b")
+    second = server_factory(QUICK_STOP, port=port, name="browser-memory-b")
     # The new process has no history: recovered false, and the page re-reads the call.
     wait_status(tab, call_id, "unknown", timeout=20)
     assert connected_entries(tab) == ["undefined", "false"]
@@ -469,21 +485,25 @@ def test_network_outage_is_healed_with_resume(server, proxy, open_tab):
 # -- callwire.js on its own page -----------------------------------------------------
 
 
-def open_harness(tab: Tab, origin: str, email: str, *, ttl: float = 3600, **options: Any) -> None:
-    """Load tests/fixtures_browser/client_harness.html at ``origin`` with client ``options``."""
+def open_harness(
+    tab: Tab, site: StaticSite, origin: str, email: str, *, ttl: float = 3600, **options: Any
+) -> None:
+    """Open client_harness.html from ``site``, talking to Callwire at ``origin``."""
     html = (FIXTURES / "client_harness.html").read_text()
-    tab.page.route(
-        f"{origin}/harness.html", lambda route: route.fulfill(body=html, content_type="text/html")
-    )
+    html = html.replace("CALLWIRE_ORIGIN", origin)
+    html = html.replace("CALLWIRE_WS_URL", origin.replace("http://", "ws://") + "/")
+    url = site.put(f"harness-{uuid.uuid4().hex[:8]}.html", html)
     tab.page.expose_function("mintToken", lambda: emulator_token(email, ttl=ttl))
     tab.page.add_init_script(f"window.harnessOptions = {json.dumps(options)};")
-    tab.page.goto(f"{origin}/harness.html")
+    tab.page.goto(url)
 
 
-def test_silent_network_drop_is_detected_by_the_idle_ping(server, proxy, open_tab):
+def test_silent_network_drop_is_detected_by_the_idle_ping(server, proxy, site, open_tab):
     tab = open_tab()
     email = unique_email("silent")
-    open_harness(tab, f"http://127.0.0.1:{proxy.port}", email, idlePingMs=800, pongTimeoutMs=800)
+    open_harness(
+        tab, site, f"http://127.0.0.1:{proxy.port}", email, idlePingMs=800, pongTimeoutMs=800
+    )
     tab.wait("() => record.connected.length === 1")
     call_id = f"quiet-{uuid.uuid4().hex[:6]}"
     publish(server, call_id, "initiated", email)
@@ -500,10 +520,10 @@ def test_silent_network_drop_is_detected_by_the_idle_ping(server, proxy, open_ta
     assert any("No answer to ping" in e for e in record["errors"])
 
 
-def test_token_is_refreshed_in_place_and_replaced_after_expiry(server, open_tab):
+def test_token_is_refreshed_in_place_and_replaced_after_expiry(server, site, open_tab):
     tab = open_tab()
     email = unique_email("refresh")
-    open_harness(tab, server.http, email, ttl=3)
+    open_harness(tab, site, server.http, email, ttl=3)
     tab.wait("() => record.connected.length === 1")
     tab.wait("() => record.authenticated.length >= 2", timeout=8)
     record = tab.js("() => record")
@@ -547,7 +567,7 @@ def test_backoff_is_capped_full_jitter(server, open_tab):
 SEED_CLASS_BLOCK = re.compile(r'<script id="seed-class">.*?</script>', re.S)
 
 
-def test_seed_client_and_its_one_line_switch_work_in_legacy_mode(server_factory, open_tab):
+def test_seed_client_and_its_one_line_switch_work_in_legacy_mode(server_factory, site, open_tab):
     legacy = server_factory({"WS_REQUIRE_TOKEN": "false"}, name="browser-legacy")
     seed_html = (FIXTURES / "seed_client.html").read_text()
     seed_doc = ROOT.parent / "shared" / "seed" / "websocket-api.md"
@@ -555,20 +575,18 @@ def test_seed_client_and_its_one_line_switch_work_in_legacy_mode(server_factory,
         text = seed_doc.read_text()
         pasted = text[text.index("class WebSocketManager"):text.index("// Usage")].rstrip()
         assert pasted in seed_html
+    # The one line a seed user changes: the pasted class becomes Callwire's script.
     switched_html = SEED_CLASS_BLOCK.sub(
-        '<script src="/static/callwire.js"></script>', seed_html, count=1
+        f'<script src="{legacy.http}/static/callwire.js"></script>', seed_html, count=1
     )
-    assert switched_html != seed_html
+    assert switched_html.count("\n") < seed_html.count("\n")
 
     pages = {}
     for label, html in (("seed", seed_html), ("callwire", switched_html)):
         tab = open_tab()
-        tab.page.route(
-            f"{legacy.http}/{label}.html",
-            lambda route, body=html: route.fulfill(body=body, content_type="text/html"),
-        )
         email = unique_email(label)
-        tab.page.goto(f"{legacy.http}/{label}.html?user={email}")
+        html = html.replace("ws://localhost:3000", legacy.ws).replace("user@example.com", email)
+        tab.page.goto(site.put(f"{label}-{uuid.uuid4().hex[:8]}.html", html))
         pages[label] = (tab, email)
     for _, email in pages.values():
         wait_connections(legacy, email)

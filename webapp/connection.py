@@ -94,6 +94,20 @@ class SafeSocket:
 
     sendall = send
 
+    def close(self) -> None:
+        """Close once the peer has had our last frames: end our side, drain theirs, close.
+
+        Closing with unread input makes the kernel answer with a reset, which
+        can destroy a close frame (1008, 1009, ...) before the peer reads it;
+        so unread input is drained first, for at most ``CLOSE_GRACE_SECONDS``.
+        """
+        if not self.broken:
+            with contextlib.suppress(OSError), gevent.Timeout(CLOSE_GRACE_SECONDS, False):
+                self._sock.shutdown(socket.SHUT_WR)
+                while self._sock.recv(65536):
+                    pass
+        self._sock.close()
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
 
@@ -280,6 +294,16 @@ class WebSocketConnection(Connection):
             self._ws.close(reason=code, message=reason)
         if isinstance(sock, SafeSocket) and sock.broken:
             sock.abort()
+
+    def linger(self) -> None:
+        """Wait, bounded, for the transport's reader to see the peer close (or give up).
+
+        The server closes the socket as soon as the handler returns; waiting
+        here lets a close frame reach the peer instead of a reset.
+        """
+        reader = getattr(self._ws, "thread", None)
+        if reader is not None:
+            reader.join(timeout=min(self._write_timeout, CLOSE_GRACE_SECONDS) + 0.5)
 
     @property
     def open(self) -> bool:

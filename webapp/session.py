@@ -96,6 +96,7 @@ class Session:
             connection.close(CLOSE_INTERNAL, "Internal error")
         finally:
             self.node.detach(connection)
+            connection.linger()
             logger.info(
                 "connection %s ended user=%s (%s)", connection.id, connection.user_id, reason
             )

@@ -108,12 +108,12 @@ PRESENCE_TTL_SECONDS = 15
 #: Connect storms rewrite presence at most this often.
 PRESENCE_MIN_GAP_SECONDS = 0.2
 #: The listener pings an idle subscription this often and gives up without an answer.
-LISTENER_POLL_SECONDS = 0.25
+LISTENER_POLL_SECONDS = 0.05
 LISTENER_PING_SECONDS = 2.0
 LISTENER_DEAD_SECONDS = 6.0
 #: Reconnect backoff of the listener.
 BACKOFF_MIN_SECONDS = 0.05
-BACKOFF_MAX_SECONDS = 5.0
+BACKOFF_MAX_SECONDS = 2.0
 #: Recovery replays events newer than the last sign of life minus this margin
 #: (covers clock skew between this machine and Redis; connections dedupe by id).
 RECOVERY_MARGIN_SECONDS = 30.0

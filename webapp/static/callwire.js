@@ -152,15 +152,21 @@
         root.removeEventListener('online', this._onOnline);
       }
       var ws = this.ws;
-      if (ws && ws.readyState < 2) {
-        ws.close(1000, 'client disconnect');
+      this.ws = null;
+      if (ws) {
+        // Detach first: a connect() right after must not see this socket's close.
+        ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+        if (ws.readyState < 2) {
+          ws.close(1000, 'client disconnect');
+          this._emit('close', { code: 1000, reason: 'client disconnect', wasClean: true, action: 'stop' });
+        }
       }
       this._setState('disconnected', {});
     }
 
-    /** Schedule a reconnect with backoff (the seed's method, kept for compatibility). */
+    /** Reconnect with backoff unless a socket is open (the seed's method, kept for compatibility). */
     reconnect() {
-      this._scheduleReconnect({});
+      if (!this.ws) this._scheduleReconnect({});
     }
 
     /** Route a message the client did not consume itself; override freely. */
