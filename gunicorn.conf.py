@@ -59,6 +59,10 @@ def post_worker_init(worker):
 
     import gevent
 
+    # By default every greenlet records the stack that spawned it: ~2.4 KiB per
+    # idle connection and a stack capture per delivery (bench/README.md).
+    gevent.config.track_greenlet_tree = False
+
     previous = signal.getsignal(signal.SIGTERM)
 
     def on_sigterm(signum, frame):

@@ -8,6 +8,7 @@ so a benchmark measures what production runs.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import resource
@@ -41,6 +42,14 @@ def raise_fd_limit(wanted: int) -> int:
             f"{wanted}; raise the hard limit (ulimit -Hn) or use fewer connections."
         )
     return soft
+
+
+def quiet_generator_gc() -> None:
+    """Keep this process's own collector out of the figures: its pauses would look like
+    the server's. Runs are short and bounded, so the garbage is bounded too."""
+    gc.collect()
+    gc.freeze()
+    gc.disable()
 
 
 def start_bench_server(overrides: dict[str, str] | None = None) -> LiveServer:
@@ -82,6 +91,42 @@ def sample_process(pid: int) -> ProcessSample:
         fields = stat.read().rsplit(")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) / _TICKS
     return ProcessSample(rss_pages * _PAGE, cpu, time.monotonic())
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds spent busy by every core since boot (/proc/stat), to spot other load."""
+    with open("/proc/stat") as stat:
+        fields = [int(x) for x in stat.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / _TICKS
+
+
+class CpuMeter:
+    """Percent of one core used by the server worker, by this generator and by everything
+    else on the machine (other people's tests skew figures: the README reports it)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.restart()
+
+    def restart(self) -> None:
+        """Start a new interval now."""
+        self._server = sample_process(self.pid).cpu_seconds
+        self._own = own_cpu_seconds()
+        self._machine = machine_busy_seconds()
+        self._at = time.monotonic()
+
+    def percent(self) -> dict[str, float]:
+        """CPU percent of one core since :meth:`restart`: server, generator, others."""
+        elapsed = max(time.monotonic() - self._at, 1e-6)
+        server = sample_process(self.pid).cpu_seconds - self._server
+        own = own_cpu_seconds() - self._own
+        others = machine_busy_seconds() - self._machine - server - own
+        return {
+            "server_cpu_percent": round(100 * server / elapsed, 1),
+            "generator_cpu_percent": round(100 * own / elapsed, 1),
+            "other_cpu_percent": round(100 * max(0.0, others) / elapsed, 1),
+        }
 
 
 def own_cpu_seconds() -> float:

@@ -25,10 +25,12 @@ import gevent
 from gevent.pool import Pool
 
 from bench.harness import (
+    CpuMeter,
     Publisher,
     init_payload,
     own_cpu_seconds,
     percentiles,
+    quiet_generator_gc,
     raise_fd_limit,
     sample_process,
     save_result,
@@ -117,6 +119,7 @@ def open_idle(port: int, first: int, count: int, concurrency: int, legacy: bool,
 def run(connections: int, levels: list[int], probes: int, rate: float, hold: float,
         gc_tuning: str, legacy: bool, concurrency: int) -> dict[str, Any]:
     """Run the whole scenario against a fresh server and return the figures."""
+    quiet_generator_gc()
     raise_fd_limit(connections + probes + 1000)
     overrides = {"GC_TUNING": gc_tuning}
     if legacy:
@@ -148,19 +151,20 @@ def run(connections: int, levels: list[int], probes: int, rate: float, hold: flo
         for level in levels:
             missing = level - len(holders)
             ramp_seconds = 0.0
-            ramp_cpu = 0.0
+            ramp_cpu: dict[str, float] = {}
             if missing > 0:
                 recorder.phase = f"ramp->{level}"
-                before = sample_process(pid)
+                meter = CpuMeter(pid)
                 started = time.monotonic()
                 open_idle(server.port, len(holders) + len(errors), missing, concurrency, legacy,
                           holders, errors)
                 ramp_seconds = time.monotonic() - started
-                ramp_cpu = sample_process(pid).cpu_seconds - before.cpu_seconds
+                ramp_cpu = meter.percent()
                 gevent.sleep(1.0)  # let the last sessions settle before measuring
             recorder.phase = f"hold {level}"
-            start = sample_process(pid)
+            meter = CpuMeter(pid)
             gevent.sleep(hold)
+            cpu = meter.percent()
             end = sample_process(pid)
             if baseline_rss is None:
                 baseline_rss = end.rss_bytes
@@ -170,13 +174,14 @@ def run(connections: int, levels: list[int], probes: int, rate: float, hold: flo
                 "held": held,
                 "open_seconds": round(ramp_seconds, 2),
                 "open_per_second": round(missing / ramp_seconds) if ramp_seconds else None,
-                "server_cpu_ms_per_open": round(ramp_cpu * 1000 / missing, 3) if missing > 0
-                else None,
+                "server_cpu_ms_per_open": round(
+                    ramp_cpu["server_cpu_percent"] * 10 * ramp_seconds / missing, 3)
+                if missing > 0 else None,
+                "cpu_percent_opening": ramp_cpu,
                 "rss_mib": round(end.rss_bytes / 2**20, 1),
                 "kib_per_connection": round((end.rss_bytes - baseline_rss) / 1024 / held, 1)
                 if held else None,
-                "server_cpu_percent_holding": round(
-                    100 * (end.cpu_seconds - start.cpu_seconds) / (end.at - start.at), 1),
+                "cpu_percent_holding": cpu,
                 "latency_holding": percentiles(recorder.samples[f"hold {level}"]),
                 "latency_while_opening": percentiles(recorder.samples.get(f"ramp->{level}", [])),
                 "generator_max_loop_lag_ms": round(1000 * max(

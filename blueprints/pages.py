@@ -28,10 +28,6 @@ CLOSE_CODES: tuple[tuple[int, str, str], ...] = (
 @bp.get("/")
 def index() -> str:
     """Serve the demo page; development mode adds token minting and a sample call."""
-    settings = realtime().settings
     return render_template(
-        "index.html",
-        development=settings.development,
-        require_token=settings.require_token,
-        close_codes=CLOSE_CODES,
+        "index.html", development=realtime().settings.development, close_codes=CLOSE_CODES
     )

@@ -362,3 +362,22 @@ def test_rediss_url_with_a_self_signed_certificate(tls_redis_port, brokers):
     answer = broker.publish(ringing("call-tls"))
     process.wait_ids(ALICE, [answer.id])
     assert broker.history_since(ALICE, answer.id) == Replay([], True, answer.id)
+
+
+def test_unix_socket_url(tmp_path, brokers):
+    binary = require_tool("redis-server")
+    path = tmp_path / "redis.sock"
+    process = subprocess.Popen(
+        [binary, "--port", "0", "--unixsocket", str(path), "--save", "", "--appendonly", "no",
+         "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(path.exists, "the unix socket")
+        node = Process({ALICE: 1})
+        broker = brokers(f"unix://{path}?db=0", node)
+        answer = broker.publish(ringing("call-unix"))
+        node.wait_ids(ALICE, [answer.id])
+    finally:
+        process.kill()
+        process.wait(timeout=10)

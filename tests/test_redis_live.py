@@ -379,9 +379,6 @@ def test_a_redis_restart_loses_no_acknowledged_event(cluster, user, connect):
         thread.join(timeout=10)
 
     assert len(publisher.acknowledged) > acknowledged_before  # some were accepted after
-    print(f"acknowledged {len(publisher.acknowledged)} (before the outage "
-          f"{acknowledged_before}), refused {len(publisher.refusals)}, "
-          f"other failures {len(publisher.failures) - len(publisher.refusals)}")
     barrier = send_test_message(cluster.a, user, "barrier")
     assert barrier.status_code == 200, barrier.text
     acknowledged = publisher.acknowledged

@@ -50,23 +50,24 @@ def test_sigterm_closes_every_socket_with_1012_and_exits(server_factory, clients
     else:  # what Heroku does: every process of the dyno gets it
         live.signal(signal.SIGTERM)
     try:
-        frames = raw.read_until_gone(10)
+        opcode, payload = raw.read_frame()
+        raw_closed_after = time.monotonic() - started
+        # A peer that never answers the close frame is let go after a bounded wait.
+        assert raw.read_until_gone(5) == []
     finally:
         raw.close()
-    raw_closed_after = time.monotonic() - started
     for watcher in watchers:
         watcher.join(10)
     exit_code = live.process.wait(timeout=15)
     exited_after = time.monotonic() - started
 
-    assert frames and frames[-1][0] == OP_CLOSE and close_code(frames[-1][1]) == 1012
-    assert raw_closed_after < 3
+    assert (opcode, close_code(payload)) == (OP_CLOSE, 1012)
+    assert raw_closed_after < 2
     assert len(results) == 4
     for name, (code, after) in results.items():
         assert code == 1012, (name, code)
         assert after < 2, (name, after)  # promptly: well under the 20 s graceful timeout
     assert exit_code == 0
-    print("exit after", exited_after, results, raw_closed_after)
     assert exited_after < 10, exited_after
     log = live.log()
     assert "closing" in log and "1012" in log

@@ -474,3 +474,28 @@ def test_closed_client_gets_connection_closed(server, clients):
     with pytest.raises((ConnectionClosedError, websocket.WebSocketConnectionClosedException)):
         for _ in range(3):
             client.recv_json(timeout=5)
+
+
+def test_the_21st_connection_of_a_user_is_refused_by_default(server, clients):
+    email = new_user()
+    twenty = [connect(server, clients, email) for _ in range(20)]
+    extra = clients(server.ws)
+    extra.send_json({"type": "init", "payload": {"token": emulator_token(email)}})
+    assert_error_then_close(extra, 1008, "too many connections")
+    message = send_test_message(server, email, "all twenty")
+    assert message["delivered"] == 20
+    for client in twenty:
+        assert client.recv_json() == message["data"]
+
+
+def test_test_messages_are_live_only(server, clients):
+    email = new_user()
+    first = connect(server, clients, email)
+    message = send_test_message(server, email, "now or never")
+    assert "id" not in message["data"]
+    assert first.recv_json() == message["data"]
+    # A later connection is not given it: no history, no snapshot of test messages.
+    later = connect(server, clients, email)
+    sentinel = send_test_message(server, email, "sentinel")
+    assert later.recv_json() == sentinel["data"]
+    assert first.recv_json() == sentinel["data"]

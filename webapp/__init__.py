@@ -15,6 +15,7 @@ from flask import Flask
 from webapp.auth import TokenVerifier
 from webapp.brokers import create_broker
 from webapp.config import load_settings
+from webapp.connection import InlineReader
 from webapp.errors import CallwireApi, handle_unexpected
 from webapp.realtime import Realtime
 
@@ -52,6 +53,8 @@ def create_app(overrides: Mapping[str, str] | None = None) -> Flask:
         SOCK_SERVER_OPTIONS={
             "ping_interval": settings.ping_interval,
             "max_message_size": settings.max_message_bytes,
+            # No reader thread per socket: the session's greenlet reads (13 KiB each).
+            "thread_class": InlineReader,
         },
         MAX_CONTENT_LENGTH=8 * 1024 * 1024,
         JSON_SORT_KEYS=False,

@@ -25,6 +25,9 @@ from collections import deque
 from typing import Any
 
 import gevent
+from simple_websocket import ConnectionClosed
+from wsproto.events import Ping
+from wsproto.utilities import LocalProtocolError
 
 from webapp import metrics
 from webapp.brokers.base import ConnectionInfo
@@ -257,6 +260,28 @@ class Connection:
 WAKE = object()
 
 
+class InlineReader:
+    """Stand-in for simple-websocket's reader thread (``thread_class``): it never runs.
+
+    simple-websocket reads every socket in a background thread (a greenlet
+    under gevent) with its own selector, next to the session's greenlet: about
+    13 KiB of each idle connection's 48 KiB (bench/README.md). Instead,
+    :meth:`WebSocketConnection.receive` does that reading in the session's
+    greenlet, which waits for input anyway.
+    """
+
+    name = "callwire-inline-reader"
+
+    def __init__(self, target: Any = None, **_: Any) -> None:
+        pass
+
+    def start(self) -> None:
+        """Do nothing: the session's greenlet reads."""
+
+    def join(self, timeout: float | None = None) -> None:
+        """Do nothing: there is no thread to wait for."""
+
+
 class WebSocketConnection(Connection):
     """A connection over a simple-websocket ``Server`` (flask-sock)."""
 
@@ -268,10 +293,78 @@ class WebSocketConnection(Connection):
         super().__init__(send_queue=send_queue, remote=remote)
         self._ws = ws
         self._write_timeout = write_timeout
+        #: The hub's read watcher on the socket, made on first receive.
+        self._readable: Any = None
+        interval = getattr(ws, "ping_interval", None)
+        self._next_ping = time.monotonic() + interval if interval else None
 
     def receive(self, timeout: float | None) -> Any:
-        """Return the next frame, None on timeout, or :data:`WAKE`; raise when closed."""
-        return self._ws.receive(timeout=timeout)
+        """Return the next frame, None on timeout, or :data:`WAKE`; raise when closed.
+
+        Does in this greenlet what simple-websocket's reader thread would
+        (see :class:`InlineReader`): waits until the socket is readable (or
+        :meth:`_wake_session` sets the event), feeds wsproto, which answers
+        pings and close frames, and sends a ping every ``ping_interval``,
+        closing with 1008 a peer that did not answer the previous one.
+        """
+        ws = self._ws
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not ws.input_buffer:
+            if not ws.connected:
+                raise ConnectionClosed(ws.close_reason, ws.close_message)
+            now = time.monotonic()
+            if self._next_ping is not None and now >= self._next_ping:
+                self._ping()
+                continue
+            if deadline is not None and now >= deadline:
+                return None
+            waits = [t - now for t in (deadline, self._next_ping) if t is not None]
+            if self._wait_readable(min(waits) if waits else None) and not ws.input_buffer:
+                self._read_once()
+        return ws.input_buffer.pop(0)
+
+    def _wait_readable(self, seconds: float | None) -> bool:
+        """Wait until the socket is readable or the session is woken; False on timeout."""
+        ws = self._ws
+        if self._readable is None:
+            self._readable = gevent.get_hub().loop.io(ws.sock.fileno(), 1)
+        ws.event.clear()
+        self._readable.start(ws.event.set)
+        try:
+            return ws.event.wait(seconds)
+        finally:
+            self._readable.stop()
+
+    def _read_once(self) -> None:
+        """Read what the socket has and let wsproto turn it into frames and answers."""
+        ws = self._ws
+        try:
+            data = ws.sock.recv(ws.receive_bytes)
+        except OSError:
+            data = b""
+        if not data:
+            ws.connected = False
+            return
+        try:
+            ws.ws.receive_data(data)
+            ws.connected = ws._handle_events()
+        except (LocalProtocolError, OSError):
+            ws.connected = False
+
+    def _ping(self) -> None:
+        """Send the next ping, or close with 1008 if the last one got no pong."""
+        ws = self._ws
+        self._next_ping = time.monotonic() + ws.ping_interval
+        if not ws.pong_received:
+            with contextlib.suppress(Exception):  # the peer may be gone already
+                ws.close(reason=CLOSE_POLICY, message="Ping/Pong timeout")
+            ws.connected = False
+            return
+        ws.pong_received = False
+        try:
+            ws.sock.send(ws.ws.send(Ping()))
+        except OSError:
+            ws.connected = False
 
     def close(self, code: int, reason: str) -> None:
         """Flush what is queued, then send a close frame with ``code``.
@@ -296,14 +389,15 @@ class WebSocketConnection(Connection):
             sock.abort()
 
     def linger(self) -> None:
-        """Wait, bounded, for the transport's reader to see the peer close (or give up).
+        """Close the socket once the peer has seen our close (bounded; SafeSocket.close).
 
-        The server closes the socket as soon as the handler returns; waiting
-        here lets a close frame reach the peer instead of a reset.
+        The server would close the socket as soon as the handler returns;
+        draining first lets a close frame reach the peer instead of a reset.
         """
-        reader = getattr(self._ws, "thread", None)
-        if reader is not None:
-            reader.join(timeout=min(self._write_timeout, CLOSE_GRACE_SECONDS) + 0.5)
+        if self._readable is not None:
+            self._readable.close()
+        with contextlib.suppress(OSError):
+            self._ws.sock.close()
 
     @property
     def open(self) -> bool:

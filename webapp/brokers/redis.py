@@ -11,11 +11,12 @@ Redis memory stays bounded; see ``docs/redis.md``):
 - ``workers`` sorted set of live workers; ``w:<worker>:n`` / ``w:<worker>:c``
   that worker's connection counts and connections per user (presence).
 
-**Publish is one Lua script.** It checks the idempotency key, the owner and
-the forward-only rule (a mirror of :func:`webapp.events.judge`), takes the id
-from Redis ``TIME`` (so ids increase per user whichever worker publishes),
-stores history and call state, caches the answer and ``PUBLISH``es the
-message, all atomically: the order of ids is the order of delivery.
+**Publish is one Lua script** (``redis_scripts.PUBLISH``). It checks the
+idempotency key, the owner and the forward-only rule (a mirror of
+:func:`webapp.events.judge`), takes the id from Redis ``TIME`` (so ids
+increase per user whichever worker publishes), stores history and call
+state, caches the answer and ``PUBLISH``es the message, all atomically: the
+order of ids is the order of delivery.
 
 **Fan-out: one pub/sub channel (``callwire:events``) that every worker
 subscribes to**, rather than a stream. Pub/sub keeps nothing in Redis and
@@ -71,6 +72,7 @@ from redis.exceptions import (
 )
 from redis.retry import Retry
 
+from webapp.brokers import redis_scripts
 from webapp.brokers.base import (
     Broker,
     BrokerUnavailable,
@@ -81,8 +83,6 @@ from webapp.brokers.base import (
 )
 from webapp.events import (
     EVENT_NAME,
-    RANK,
-    TERMINAL,
     CallState,
     EventDraft,
     OwnershipConflict,
@@ -129,160 +129,6 @@ _UNAVAILABLE = (
 )
 
 _PING_TOKEN = "callwire-listener"
-
-_LUA_RANK = "{" + ", ".join(f'["{s}"] = {r}' for s, r in RANK.items()) + "}"
-_LUA_TERMINAL = "{" + ", ".join(f'["{s}"] = true' for s in sorted(TERMINAL)) + "}"
-
-#: Sum the user's connections reported by every live worker (presence).
-_LUA_COUNT = """
-local function count_connections(prefix, workers_key, user)
-  local total = 0
-  for _, worker in ipairs(redis.call('ZRANGE', workers_key, 0, -1)) do
-    total = total + (tonumber(redis.call('HGET', prefix .. 'w:' .. worker .. ':n', user)) or 0)
-  end
-  return total
-end
-"""
-
-_PUBLISH_SCRIPT = _LUA_COUNT + f"""
--- KEYS: call state, workers. ARGV: see RedisBroker.publish.
-local RANK = {_LUA_RANK}
-local TERMINAL = {_LUA_TERMINAL}
-local prefix, call_id, status, user, seq = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local idem_key, head, tail, timestamp = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
-local size, ttl, idem_ttl, channel = tonumber(ARGV[10]), tonumber(ARGV[11]), ARGV[12], ARGV[13]
-local call_key, workers_key = KEYS[1], KEYS[2]
-
-if idem_key ~= '' then
-  local cached = redis.call('GET', idem_key)
-  if cached then return {{'cached', cached}} end
-end
-
-local previous = redis.call('HMGET', call_key, 'owner', 'status', 'seq')
-local owner = previous[1]
-if owner then
-  if user ~= '' and user ~= owner then return {{'conflict'}} end
-else
-  if user == '' then return {{'unknown'}} end
-  owner = user
-end
-
--- The forward-only rule, exactly as webapp.events.judge.
-local verdict = 'accept'
-if previous[1] then
-  local before = previous[2]
-  if status == before then
-    verdict = 'duplicate'
-  elseif TERMINAL[before] then
-    verdict = 'stale'
-  elseif seq ~= '' and previous[3] and previous[3] ~= ''
-      and tonumber(seq) <= tonumber(previous[3]) then
-    verdict = 'stale'
-  elseif RANK[status] <= RANK[before] then
-    verdict = 'stale'
-  end
-end
-if verdict ~= 'accept' then
-  if idem_key ~= '' then
-    redis.call('SET', idem_key, '{{"id":null,"dropped":"' .. verdict .. '"}}', 'EX', idem_ttl)
-  end
-  return {{verdict}}
-end
-
--- The id: Redis time in microseconds, or the user's previous id + 1.
-if redis.replicate_commands then redis.replicate_commands() end
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local user_prefix = prefix .. 'u:' .. owner .. ':'
-local history_key = user_prefix .. 'h'
-local last_key, open_key = user_prefix .. 'last', user_prefix .. 'open'
-local number = now
-local last = tonumber(redis.call('GET', last_key) or '')
-if last and last >= number then number = last + 1 end
-local id = string.format('%016.0f', number)
-local message = head .. id .. tail
-
-redis.call('ZADD', history_key, id, message)
-redis.call('ZREMRANGEBYSCORE', history_key, '-inf', string.format('%.0f', now - ttl * 1000000))
-redis.call('ZREMRANGEBYRANK', history_key, 0, -(size + 1))
-redis.call('EXPIRE', history_key, ttl)
-redis.call('SET', last_key, id, 'EX', ttl)
-if TERMINAL[status] then
-  redis.call('HDEL', open_key, call_id)
-else
-  redis.call('HSET', open_key, call_id, id)
-end
-if redis.call('HLEN', open_key) > 2 * size then
-  -- Calls whose latest event has left history can never be in a snapshot.
-  local oldest = redis.call('ZRANGE', history_key, 0, 0, 'WITHSCORES')[2]
-  local entries = redis.call('HGETALL', open_key)
-  for i = 1, #entries, 2 do
-    if tonumber(entries[i + 1]) < tonumber(oldest) then redis.call('HDEL', open_key, entries[i]) end
-  end
-end
-redis.call('EXPIRE', open_key, ttl)
-redis.call('HSET', call_key, 'owner', owner, 'status', status, 'seq', seq,
-           'updatedAt', timestamp, 'event', message)
-redis.call('EXPIRE', call_key, ttl)
-
-local delivered = count_connections(prefix, workers_key, owner)
-redis.call('PUBLISH', channel, '{{"u":' .. cjson.encode(owner) .. ',"m":' .. message .. '}}')
-if idem_key ~= '' then
-  redis.call('SET', idem_key, '{{"id":"' .. id .. '","event":' .. message .. '}}', 'EX', idem_ttl)
-end
-return {{'accept', id, delivered}}
-"""
-
-_TRANSIENT_SCRIPT = _LUA_COUNT + """
--- KEYS: workers. ARGV: prefix, user, payload, channel.
-local delivered = count_connections(ARGV[1], KEYS[1], ARGV[2])
-redis.call('PUBLISH', ARGV[4], ARGV[3])
-return delivered
-"""
-
-_COUNT_SCRIPT = _LUA_COUNT + """
--- KEYS: workers. ARGV: prefix, user, worker to leave out.
-local total = 0
-for _, worker in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  if worker ~= ARGV[3] then
-    total = total + (tonumber(redis.call('HGET', ARGV[1] .. 'w:' .. worker .. ':n', ARGV[2])) or 0)
-  end
-end
-return total
-"""
-
-_HISTORY_SCRIPT = """
--- KEYS: history, last. ARGV: last event id, history ttl, '1' when the id is well formed.
-local clock = redis.call('TIME')
-local cutoff = tonumber(clock[1]) * 1000000 + tonumber(clock[2]) - tonumber(ARGV[2]) * 1000000
-local latest = redis.call('GET', KEYS[2])
-if ARGV[3] ~= '1' then return {latest, 0} end
-local from = tonumber(ARGV[1])
-if from <= cutoff then return {latest, 0} end
-local rows = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf', 'WITHSCORES')
-if #rows == 0 or tonumber(rows[2]) ~= from then return {latest, 0} end
-local out = {latest, 1}
-for i = 3, #rows, 2 do out[#out + 1] = rows[i] end
-return out
-"""
-
-_SNAPSHOT_SCRIPT = """
--- KEYS: history, last, open calls. ARGV: history ttl.
-local latest = redis.call('GET', KEYS[2])
-if not latest then return {false} end
-local clock = redis.call('TIME')
-local cutoff = tonumber(clock[1]) * 1000000 + tonumber(clock[2]) - tonumber(ARGV[1]) * 1000000
-local wanted = {}
-local open = redis.call('HGETALL', KEYS[3])
-for i = 2, #open, 2 do wanted[tonumber(open[i])] = true end
-local out = {latest}
-local rows = redis.call('ZRANGEBYSCORE', KEYS[1], string.format('(%.0f', cutoff), '+inf',
-                       'WITHSCORES')
-for i = 1, #rows, 2 do
-  if wanted[tonumber(rows[i + 1])] then out[#out + 1] = rows[i] end
-end
-return out
-"""
 
 
 def history_key(user_id: str) -> str:
@@ -397,15 +243,15 @@ class RedisBroker(Broker):
             url,
             socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
             socket_timeout=COMMAND_TIMEOUT_SECONDS,
-            socket_keepalive=True,
             retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
         )
-        self._publish_script = self._redis.register_script(_PUBLISH_SCRIPT)
-        self._transient_script = self._redis.register_script(_TRANSIENT_SCRIPT)
-        self._count_script = self._redis.register_script(_COUNT_SCRIPT)
-        self._history_script = self._redis.register_script(_HISTORY_SCRIPT)
-        self._snapshot_script = self._redis.register_script(_SNAPSHOT_SCRIPT)
+        # EVALSHA, loading the script again after a Redis restart (NOSCRIPT).
+        self._publish_script = self._redis.register_script(redis_scripts.PUBLISH)
+        self._transient_script = self._redis.register_script(redis_scripts.TRANSIENT)
+        self._count_script = self._redis.register_script(redis_scripts.COUNT)
+        self._history_script = self._redis.register_script(redis_scripts.HISTORY)
+        self._snapshot_script = self._redis.register_script(redis_scripts.SNAPSHOT)
         self._worker = _worker_name()
         self._node: Node | None = None
         #: How the listener calls the node: directly, or through a _HubRelay.

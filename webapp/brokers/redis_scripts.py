@@ -1,0 +1,166 @@
+"""The Lua scripts of the Redis broker: each runs atomically inside Redis.
+
+Ids are 16-digit microsecond numbers, exact as Redis scores (below 2^53).
+History freshness uses Redis ``TIME``, so every worker agrees on it.
+"""
+
+from webapp.events import RANK, TERMINAL
+
+_RANK = "{" + ", ".join(f'["{s}"] = {r}' for s, r in RANK.items()) + "}"
+_TERMINAL = "{" + ", ".join(f'["{s}"] = true' for s in sorted(TERMINAL)) + "}"
+
+#: Sum the user's connections reported by every worker but ``skip`` (presence). A
+#: worker that died is still listed for a while, but its counts have expired.
+_COUNT_FUNCTION = """
+local function count_connections(prefix, workers_key, user, skip)
+  local total = 0
+  for _, worker in ipairs(redis.call('ZRANGE', workers_key, 0, -1)) do
+    if worker ~= skip then
+      total = total + (tonumber(redis.call('HGET', prefix .. 'w:' .. worker .. ':n', user)) or 0)
+    end
+  end
+  return total
+end
+"""
+
+#: Judge, number, store and publish one event, atomically. Answers
+#: {'accept', id, delivered} | {'duplicate'} | {'stale'} | {'cached', answer JSON}
+#: | {'conflict'} | {'unknown'}.
+PUBLISH = _COUNT_FUNCTION + f"""
+-- KEYS: call state, workers. ARGV: see RedisBroker.publish.
+local RANK = {_RANK}
+local TERMINAL = {_TERMINAL}
+local prefix, call_id, status, user, seq = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local idem_key, head, tail, timestamp = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local size, ttl, idem_ttl, channel = tonumber(ARGV[10]), tonumber(ARGV[11]), ARGV[12], ARGV[13]
+local call_key, workers_key = KEYS[1], KEYS[2]
+
+if idem_key ~= '' then
+  local cached = redis.call('GET', idem_key)
+  if cached then return {{'cached', cached}} end
+end
+
+local previous = redis.call('HMGET', call_key, 'owner', 'status', 'seq')
+local owner = previous[1]
+if owner then
+  if user ~= '' and user ~= owner then return {{'conflict'}} end
+else
+  if user == '' then return {{'unknown'}} end
+  owner = user
+end
+
+-- The forward-only rule, exactly as webapp.events.judge.
+local verdict = 'accept'
+if previous[1] then
+  local before = previous[2]
+  if status == before then
+    verdict = 'duplicate'
+  elseif TERMINAL[before] then
+    verdict = 'stale'
+  elseif seq ~= '' and previous[3] and previous[3] ~= ''
+      and tonumber(seq) <= tonumber(previous[3]) then
+    verdict = 'stale'
+  elseif RANK[status] <= RANK[before] then
+    verdict = 'stale'
+  end
+end
+if verdict ~= 'accept' then
+  if idem_key ~= '' then
+    redis.call('SET', idem_key, '{{"id":null,"dropped":"' .. verdict .. '"}}', 'EX', idem_ttl)
+  end
+  return {{verdict}}
+end
+
+-- The id: Redis time in microseconds, or the user's previous id + 1.
+if redis.replicate_commands then redis.replicate_commands() end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local user_prefix = prefix .. 'u:' .. owner .. ':'
+local history_key = user_prefix .. 'h'
+local last_key, open_key = user_prefix .. 'last', user_prefix .. 'open'
+local number = now
+local last = tonumber(redis.call('GET', last_key) or '')
+if last and last >= number then number = last + 1 end
+local id = string.format('%016.0f', number)
+local message = head .. id .. tail
+
+redis.call('ZADD', history_key, id, message)
+redis.call('ZREMRANGEBYSCORE', history_key, '-inf', string.format('%.0f', now - ttl * 1000000))
+redis.call('ZREMRANGEBYRANK', history_key, 0, -(size + 1))
+redis.call('EXPIRE', history_key, ttl)
+redis.call('SET', last_key, id, 'EX', ttl)
+if TERMINAL[status] then
+  redis.call('HDEL', open_key, call_id)
+else
+  redis.call('HSET', open_key, call_id, id)
+end
+if redis.call('HLEN', open_key) > 2 * size then
+  -- Calls whose latest event has left history can never be in a snapshot.
+  local oldest = redis.call('ZRANGE', history_key, 0, 0, 'WITHSCORES')[2]
+  local entries = redis.call('HGETALL', open_key)
+  for i = 1, #entries, 2 do
+    if tonumber(entries[i + 1]) < tonumber(oldest) then redis.call('HDEL', open_key, entries[i]) end
+  end
+end
+redis.call('EXPIRE', open_key, ttl)
+redis.call('HSET', call_key, 'owner', owner, 'status', status, 'seq', seq,
+           'updatedAt', timestamp, 'event', message)
+redis.call('EXPIRE', call_key, ttl)
+
+local delivered = count_connections(prefix, workers_key, owner, '')
+redis.call('PUBLISH', channel, '{{"u":' .. cjson.encode(owner) .. ',"m":' .. message .. '}}')
+if idem_key ~= '' then
+  redis.call('SET', idem_key, '{{"id":"' .. id .. '","event":' .. message .. '}}', 'EX', idem_ttl)
+end
+return {{'accept', id, delivered}}
+"""
+
+#: Publish a live-only message; answer the user's connection count.
+TRANSIENT = _COUNT_FUNCTION + """
+-- KEYS: workers. ARGV: prefix, user, payload, channel.
+local delivered = count_connections(ARGV[1], KEYS[1], ARGV[2], '')
+redis.call('PUBLISH', ARGV[4], ARGV[3])
+return delivered
+"""
+
+#: The user's connections in every worker but one.
+COUNT = _COUNT_FUNCTION + """
+-- KEYS: workers. ARGV: prefix, user, worker to leave out.
+return count_connections(ARGV[1], KEYS[1], ARGV[2], ARGV[3])
+"""
+
+#: The user's latest id, whether ``last event id`` is still in fresh history, and
+#: the events after it: {latest, 1|0, event...}.
+HISTORY = """
+-- KEYS: history, last. ARGV: last event id, history ttl, '1' when the id is well formed.
+local clock = redis.call('TIME')
+local cutoff = tonumber(clock[1]) * 1000000 + tonumber(clock[2]) - tonumber(ARGV[2]) * 1000000
+local latest = redis.call('GET', KEYS[2])
+if ARGV[3] ~= '1' then return {latest, 0} end
+local from = tonumber(ARGV[1])
+if from <= cutoff then return {latest, 0} end
+local rows = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf', 'WITHSCORES')
+if #rows == 0 or tonumber(rows[2]) ~= from then return {latest, 0} end
+local out = {latest, 1}
+for i = 3, #rows, 2 do out[#out + 1] = rows[i] end
+return out
+"""
+
+#: The user's latest id and the fresh events that are the latest of an open call.
+SNAPSHOT = """
+-- KEYS: history, last, open calls. ARGV: history ttl.
+local latest = redis.call('GET', KEYS[2])
+if not latest then return {false} end
+local clock = redis.call('TIME')
+local cutoff = tonumber(clock[1]) * 1000000 + tonumber(clock[2]) - tonumber(ARGV[1]) * 1000000
+local wanted = {}
+local open = redis.call('HGETALL', KEYS[3])
+for i = 2, #open, 2 do wanted[tonumber(open[i])] = true end
+local out = {latest}
+local rows = redis.call('ZRANGEBYSCORE', KEYS[1], string.format('(%.0f', cutoff), '+inf',
+                       'WITHSCORES')
+for i = 1, #rows, 2 do
+  if wanted[tonumber(rows[i + 1])] then out[#out + 1] = rows[i] end
+end
+return out
+"""
