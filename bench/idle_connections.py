@@ -16,9 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import gevent
@@ -42,6 +45,8 @@ from bench.rawws import RawClient
 logger = logging.getLogger("bench.idle")
 
 HOST = "127.0.0.1"
+#: Put on the server's PYTHONPATH with --trace-gc (see its sitecustomize.py).
+GC_TRACE_PATH = Path(__file__).resolve().parent / "gctrace"
 #: A call walks through these, so every call the probes see ends and leaves the snapshot.
 CALL_STATUSES = ("initiated", "ringing", "in-progress", "ended")
 
@@ -51,10 +56,21 @@ class LatencyRecorder:
     """Publish-to-receive latencies of probe events, grouped by the phase they were sent in."""
 
     phase: str = "start"
+    #: (phase, start, end) in time.monotonic(), which is the same clock in every process.
+    windows: list[tuple[str, float, float]] = field(default_factory=list)
     sent: dict[tuple[str, str], tuple[float, str]] = field(default_factory=dict)
     samples: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     loop_lag: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     bad_answers: int = 0
+
+    def enter(self, phase: str) -> None:
+        """Close the current phase's time window and start ``phase``."""
+        now = time.monotonic()
+        if self.windows:
+            name, began, _ = self.windows[-1]
+            self.windows[-1] = (name, began, now)
+        self.windows.append((phase, now, float("inf")))
+        self.phase = phase
 
     def on_text(self, text: str, arrived: float) -> None:
         message = json.loads(text)
@@ -116,20 +132,52 @@ def open_idle(port: int, first: int, count: int, concurrency: int, legacy: bool,
     pool.join()
 
 
+NO_PAUSES = {"collections_gen1": 0, "collections_gen2": 0, "max_pause_ms": 0.0,
+             "total_pause_ms": 0.0}
+
+
+def read_gc_log(path: Path, pid: int, windows: list[tuple[str, float, float]]
+                ) -> dict[str, dict[str, Any]]:
+    """Sum the worker's logged collections per phase: counts, longest and total pause."""
+    found: dict[str, dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        owner, began, generation, took, _ = line.split()
+        if int(owner) != pid:
+            continue
+        for phase, start, end in windows:
+            if start <= float(began) < end:
+                entry = found.setdefault(phase, dict(NO_PAUSES))
+                if generation in ("1", "2"):
+                    entry[f"collections_gen{generation}"] += 1
+                entry["max_pause_ms"] = round(max(entry["max_pause_ms"], float(took) * 1000), 1)
+                entry["total_pause_ms"] = round(entry["total_pause_ms"] + float(took) * 1000, 1)
+                break
+    return found
+
+
 def run(connections: int, levels: list[int], probes: int, rate: float, hold: float,
-        gc_tuning: str, legacy: bool, concurrency: int) -> dict[str, Any]:
+        gc_tuning: str, legacy: bool, concurrency: int, trace_gc: bool = True
+        ) -> dict[str, Any]:
     """Run the whole scenario against a fresh server and return the figures."""
     quiet_generator_gc()
     raise_fd_limit(connections + probes + 1000)
     overrides = {"GC_TUNING": gc_tuning}
     if legacy:
         overrides["WS_REQUIRE_TOKEN"] = "false"
+    gc_log: Path | None = None
+    if trace_gc:
+        handle, name = tempfile.mkstemp(prefix="callwire-bench-gc-", suffix=".log")
+        os.close(handle)
+        gc_log = Path(name)
+        overrides.update(PYTHONPATH=str(GC_TRACE_PATH), CALLWIRE_BENCH_GC_LOG=name)
     server = start_bench_server(overrides)
     holders: list[RawClient] = []
     probe_clients: list[RawClient] = []
     background: list[gevent.Greenlet] = []
     try:
         pid = worker_pid(server)
+        logger.info("server on 127.0.0.1:%d, worker pid %d (py-spy top --pid %d)",
+                    server.port, pid, pid)
         recorder = LatencyRecorder()
         for index in range(probes):
             client = RawClient()
@@ -153,7 +201,7 @@ def run(connections: int, levels: list[int], probes: int, rate: float, hold: flo
             ramp_seconds = 0.0
             ramp_cpu: dict[str, float] = {}
             if missing > 0:
-                recorder.phase = f"ramp->{level}"
+                recorder.enter(f"ramp->{level}")
                 meter = CpuMeter(pid)
                 started = time.monotonic()
                 open_idle(server.port, len(holders) + len(errors), missing, concurrency, legacy,
@@ -161,7 +209,7 @@ def run(connections: int, levels: list[int], probes: int, rate: float, hold: flo
                 ramp_seconds = time.monotonic() - started
                 ramp_cpu = meter.percent()
                 gevent.sleep(1.0)  # let the last sessions settle before measuring
-            recorder.phase = f"hold {level}"
+            recorder.enter(f"hold {level}")
             meter = CpuMeter(pid)
             gevent.sleep(hold)
             cpu = meter.percent()
@@ -190,12 +238,18 @@ def run(connections: int, levels: list[int], probes: int, rate: float, hold: flo
             }
             rows.append(row)
             logger.info("level %d: %s", level, json.dumps(row))
-        recorder.phase = "done"
+        recorder.enter("done")
+        if gc_log is not None:
+            pauses = read_gc_log(gc_log, pid, recorder.windows)
+            for row in rows:
+                row["gc_holding"] = pauses.get(f"hold {row['level']}", NO_PAUSES)
+                row["gc_while_opening"] = pauses.get(f"ramp->{row['level']}", NO_PAUSES)
         deflate_accepted = sum(1 for c in holders + probe_clients if c.extensions)
         closed_by_server = sum(1 for c in holders + probe_clients if not c.alive)
         return {
             "scenario": "idle_connections",
             "gc_tuning": gc_tuning,
+            "gc_traced": trace_gc,
             "auth": "legacy userId" if legacy else "emulator ID token",
             "probes": probes,
             "probe_rate_per_second": rate,
@@ -215,29 +269,47 @@ def run(connections: int, levels: list[int], probes: int, rate: float, hold: flo
         server.stop()
         for client in holders + probe_clients:
             client.close()
+        if gc_log is not None:
+            gc_log.unlink(missing_ok=True)
 
 
-def print_table(result: dict[str, Any]) -> None:
-    """Print the figures as a Markdown table (as pasted into bench/README.md)."""
-    print(f"\nidle connections, GC_TUNING={result['gc_tuning']}, {result['auth']}, "
-          f"{result['probes']} probes at {result['probe_rate_per_second']:g} events/s; "
-          f"deflate offered {result['deflate_offered']}, accepted {result['deflate_accepted']}; "
-          f"open errors {result['open_errors']}; closed by server "
-          f"{result['closed_by_server_during_run']}")
-    print("| held | open time | RSS MiB | KiB/conn | holding p50 / p99 / max ms "
-          "| while opening p50 / p99 / max ms | gen lag ms |")
-    print("|---:|---:|---:|---:|---|---|---:|")
+def format_table(result: dict[str, Any]) -> str:
+    """Return the figures as a Markdown table (as pasted into bench/README.md)."""
+
+    def pauses(stats: dict[str, Any] | None) -> str:
+        if stats is None:
+            return "not traced"
+        return f"{stats['collections_gen2']}, {stats['max_pause_ms']}"
+
+    def trio(stats: dict[str, Any]) -> str:
+        if not stats.get("count"):
+            return "-"
+        return f"{stats['p50_ms']} / {stats['p99_ms']} / {stats['max_ms']} (n={stats['count']})"
+
+    lines = [
+        f"idle connections, GC_TUNING={result['gc_tuning']}, {result['auth']}, "
+        f"{result['probes']} probes at {result['probe_rate_per_second']:g} events/s; "
+        f"deflate offered {result['deflate_offered']}, accepted {result['deflate_accepted']}; "
+        f"open errors {result['open_errors']}; closed by server "
+        f"{result['closed_by_server_during_run']}",
+        "",
+        "| held | open time | RSS MiB | KiB/conn | holding: p50 / p99 / max ms "
+        "| while opening: p50 / p99 / max ms | server gc: full collections, longest pause ms "
+        "(holding; opening) | server CPU % holding | other CPU % | generator lag ms |",
+        "|---:|---:|---:|---:|---|---|---|---:|---:|---:|",
+    ]
     for row in result["levels"]:
-        hold, ramp = row["latency_holding"], row["latency_while_opening"]
-
-        def trio(stats: dict[str, Any]) -> str:
-            if not stats.get("count"):
-                return "-"
-            return f"{stats['p50_ms']} / {stats['p99_ms']} / {stats['max_ms']} (n={stats['count']})"
-
         opened = f"{row['open_seconds']} s" if row["open_seconds"] else "-"
-        print(f"| {row['held']} | {opened} | {row['rss_mib']} | {row['kib_per_connection'] or '-'} "
-              f"| {trio(hold)} | {trio(ramp)} | {row['generator_max_loop_lag_ms']} |")
+        cpu = row["cpu_percent_holding"]
+        others = max(cpu["other_cpu_percent"],
+                     row["cpu_percent_opening"].get("other_cpu_percent", 0.0))
+        lines.append(
+            f"| {row['held']} | {opened} | {row['rss_mib']} | {row['kib_per_connection'] or '-'} "
+            f"| {trio(row['latency_holding'])} | {trio(row['latency_while_opening'])} "
+            f"| {pauses(row.get('gc_holding'))}; {pauses(row.get('gc_while_opening'))} "
+            f"| {cpu['server_cpu_percent']} | {others} | {row['generator_max_loop_lag_ms']} |"
+        )
+    return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -263,6 +335,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="userId-only init (WS_REQUIRE_TOKEN=false) instead of tokens")
     parser.add_argument("--concurrency", type=int, default=100,
                         help="handshakes in flight while opening (default 100)")
+    parser.add_argument("--no-trace-gc", dest="trace_gc", action="store_false",
+                        help="do not log the server's collector pauses (bench/gctrace)")
 
 
 def levels_for(connections: int, raw: str | None) -> list[int]:
@@ -276,9 +350,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = parse_args(argv)
     result = run(args.connections, levels_for(args.connections, args.levels), args.probes,
-                 args.rate, args.hold, args.gc_tuning, args.legacy, args.concurrency)
+                 args.rate, args.hold, args.gc_tuning, args.legacy, args.concurrency,
+                 args.trace_gc)
     path = save_result(f"idle_connections-gc-{args.gc_tuning}", result)
-    print_table(result)
+    print("\n" + format_table(result))
     print(f"\nfull figures: {path}")
     return result
 

@@ -1,16 +1,18 @@
 """Redis against the in-process broker: events per second and latency, same machine, same run.
 
-Three set-ups, each measured with one event per request (single) and with
-batches: the in-process broker (one worker), the Redis broker with one
+Three set-ups: the in-process broker (one worker), the Redis broker with one
 worker, and the Redis broker with two workers. The two workers are two
 gunicorn masters of one worker each on one Redis, so that receivers and
 publishers split evenly between them (gunicorn's shared accept socket hands
-nearly every connection of an idle test to the same worker); every user
-has a socket on each worker, so every event crosses processes. Receivers
-and publishers are the browser-like raw clients of ``bench.harness``;
-latency runs from just before a request is written to the frame's arrival.
+nearly every connection of an idle test to the same worker); every user has
+a socket on each worker, so every event crosses processes. Each set-up is
+measured three ways: one publisher posting one event at a time (latency
+without queueing), ``--publishers`` doing the same at once (saturation), and
+two publishers posting batches. Receivers and publishers are the
+browser-like raw clients of ``bench.harness``; latency runs from just before
+a request is written to the frame's arrival.
 
-    python -m bench.redis_throughput            # about 50 s
+    python -m bench.redis_throughput            # under a minute
     python -m bench.redis_throughput --duration 8 --users 50
 """
 
@@ -27,6 +29,7 @@ import gevent
 
 from bench.harness import (
     init_payload,
+    own_cpu_seconds,
     percentiles,
     raise_fd_limit,
     sample_process,
@@ -59,7 +62,7 @@ def measure(servers: list[LiveServer], pids: list[int], users: list[str], receiv
     Publishers are numbered from ``first_index`` so that no call id repeats
     between rounds (a repeated id would be dropped as a duplicate).
     """
-    cpu_before, started = cpu_seconds(pids), time.monotonic()
+    cpu_before, own_before, started = cpu_seconds(pids), own_cpu_seconds(), time.monotonic()
     loops = [
         gevent.spawn(publish_loop, servers[n % len(servers)].port, servers[0].api_key,
                      first_index + n, users, batch, started + duration, tally)
@@ -80,8 +83,9 @@ def measure(servers: list[LiveServer], pids: list[int], users: list[str], receiv
         "events_per_second": round(tally.accepted / published_for),
         "frames_per_second": round(tally.received / elapsed),
         "latency": percentiles(tally.latencies),
-        # Percent of one core: the gunicorn workers together, and redis-server.
+        # Cores busy: the gunicorn workers and redis-server together; this generator.
         "cpu_seconds_per_second": round((cpu_seconds(pids) - cpu_before) / elapsed, 2),
+        "generator_cpu_seconds_per_second": round((own_cpu_seconds() - own_before) / elapsed, 2),
     }
 
 
@@ -106,8 +110,9 @@ def run_setup(label: str, broker: str, workers: int, store: RedisServer, args: a
                 client.open(HOST, servers[n % len(servers)].port, init_payload(user, False), 10)
                 client.start_reading(tally.on_text)
                 clients.append(client)
-        for mode, batch, publishers in (("single", 0, args.publishers),
-                                        ("batch", args.batch_size, 2)):
+        rounds = (("single", 0, 1), ("single", 0, args.publishers),
+                  ("batch", args.batch_size, 2))
+        for mode, batch, publishers in rounds:
             # Warm-up, not reported: imports, caches, keep-alive connections, scripts.
             measure(servers, pids, users, len(clients), batch, publishers, 1.0, first_index,
                     tally)
@@ -130,26 +135,26 @@ def run_setup(label: str, broker: str, workers: int, store: RedisServer, args: a
 
 
 def print_table(results: list[dict[str, Any]]) -> None:
-    print("| set-up | mode | events/request | events/s | frames/s | p50 ms | p99 ms "
-          "| received/expected | CPU s/s (workers + redis) |")
-    print("|---|---|---:|---:|---:|---:|---:|---|---:|")
+    print("| set-up | events/request | publishers | events/s | frames/s | p50 ms | p99 ms "
+          "| received/expected | server CPU (workers + redis) | generator CPU |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|")
     for r in results:
-        print(f"| {r['setup']} | {r['mode']} | {r['batch_size']} | {r['events_per_second']} "
+        print(f"| {r['setup']} | {r['batch_size']} | {r['publishers']} | {r['events_per_second']} "
               f"| {r['frames_per_second']} | {r['latency'].get('p50_ms')} "
               f"| {r['latency'].get('p99_ms')} | {r['frames_received']}/{r['frames_expected']} "
-              f"| {r['cpu_seconds_per_second']} |")
+              f"| {r['cpu_seconds_per_second']} | {r['generator_cpu_seconds_per_second']} |")
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="python -m bench.redis_throughput",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=4, help="seconds per measurement")
+    parser.add_argument("--duration", type=float, default=3, help="seconds per measurement")
     parser.add_argument("--users", type=int, default=20, help="receiving users")
     parser.add_argument("--sockets-per-user", type=int, default=2,
                         help="receiver sockets per user (split over the workers)")
-    parser.add_argument("--publishers", type=int, default=4,
-                        help="concurrent single-event publishers")
+    parser.add_argument("--publishers", type=int, default=16,
+                        help="concurrent single-event publishers of the saturating round")
     parser.add_argument("--batch-size", type=int, default=100, help="events per batch request")
     args = parser.parse_args(argv)
     raise_fd_limit(args.users * args.sockets_per_user + 1000)

@@ -149,6 +149,8 @@ def run(mode: str, batch_size: int, publishers: int, duration: float, users: int
     idle_clients: list[RawClient] = []
     try:
         pid = worker_pid(server)
+        logger.info("server on 127.0.0.1:%d, worker pid %d (py-spy top --pid %d)",
+                    server.port, pid, pid)
         tally = Tally()
         emails = [f"receiver-{n:03d}@bench.local" for n in range(users)]
         for email in emails:
@@ -185,16 +187,23 @@ def run(mode: str, batch_size: int, publishers: int, duration: float, users: int
             client.close()
 
 
-def print_row(result: dict[str, Any]) -> None:
-    """Print one Markdown table row (as pasted into bench/README.md)."""
+def format_row(result: dict[str, Any]) -> str:
+    """Return one Markdown table row (as pasted into bench/README.md)."""
     lat = result["latency"]
-    print(f"| {result['mode']} | {result['batch_size']} | {result['publishers']} "
-          f"| {result['receivers']} | {result['idle_connections']} "
-          f"| {result['events_per_second']} | {result['frames_per_second']} "
-          f"| {lat.get('p50_ms')} | {lat.get('p99_ms')} | {lat.get('max_ms')} "
-          f"| {result['frames_received']}/{result['frames_expected']} "
-          f"| {result['server_cpu_percent']} | {result['generator_cpu_percent']} "
-          f"| {result['other_cpu_percent']} |")
+    return (
+        f"| {result['mode']} | {result['batch_size']} | {result['publishers']} "
+        f"| {result['receivers']} | {result['idle_connections']} "
+        f"| {result['events_per_second']} | {result['frames_per_second']} "
+        f"| {lat.get('p50_ms')} | {lat.get('p99_ms')} | {lat.get('max_ms')} "
+        f"| {result['frames_received']}/{result['frames_expected']} "
+        f"| {result['server_cpu_percent']} | {result['generator_cpu_percent']} "
+        f"| {result['other_cpu_percent']} |"
+    )
+
+
+def format_table(results: list[dict[str, Any]]) -> str:
+    """Return the figures of several runs as one Markdown table."""
+    return "\n".join([TABLE_HEADER, *(format_row(r) for r in results)])
 
 
 TABLE_HEADER = (
@@ -235,10 +244,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                      args.sockets_per_user, args.idle, args.legacy)
         save_result(f"throughput-{mode}", result)
         results.append(result)
-    print()
-    print(TABLE_HEADER)
-    for result in results:
-        print_row(result)
+    print("\n" + format_table(results))
     return results
 
 

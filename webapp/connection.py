@@ -19,12 +19,12 @@ import itertools
 import logging
 import socket
 import struct
-import threading
 import time
 from collections import deque
 from typing import Any
 
 import gevent
+import gevent.lock
 from simple_websocket import ConnectionClosed
 from wsproto.events import Ping
 from wsproto.utilities import LocalProtocolError
@@ -47,6 +47,9 @@ CLOSE_TOKEN_EXPIRED = 4001
 CLOSE_TOO_SLOW = 4008
 
 
+#: Queued frames after which delivery lets the writers run (``Hub.deliver``).
+WRITER_TURN_BACKLOG = 32
+
 #: How long closing waits for the frame being written, then for the close
 #: frame, before it gives up on the peer and drops the TCP connection.
 CLOSE_GRACE_SECONDS = 2.0
@@ -64,7 +67,8 @@ class SafeSocket:
     def __init__(self, sock: socket.socket, write_timeout: float) -> None:
         self._sock = sock
         self.write_timeout = write_timeout
-        self._lock = threading.Lock()
+        # A gevent lock, not threading's: writers are greenlets, patched or not.
+        self._lock = gevent.lock.Semaphore()
         self.broken = False
 
     def send(self, data: bytes) -> int:
@@ -91,7 +95,8 @@ class SafeSocket:
         self.broken = True
         try:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self._sock.shutdown(socket.SHUT_RDWR)
+            # Wake a blocked reader; the close that follows sends the reset (no FIN first).
+            self._sock.shutdown(socket.SHUT_RD)
         except OSError:
             pass
 
@@ -175,6 +180,14 @@ class Connection:
             self.close_requested = (code, reason)
             self._queue.clear()
             self._wake_session()
+
+    def wants_writer_turn(self) -> bool:
+        """True once enough waits in the queue that the writer should run before more comes.
+
+        Half the queue bound, at most :data:`WRITER_TURN_BACKLOG` frames: a client
+        that keeps up never gets near the bound during a burst.
+        """
+        return len(self._queue) >= min(WRITER_TURN_BACKLOG, max(1, self._limit // 2))
 
     def info(self) -> ConnectionInfo:
         """Describe this connection for the clients endpoint."""

@@ -79,9 +79,12 @@ class Hub:
         event_id = message.get("id")
         call_id = message.get("callId")
         taken = sum(1 for c in targets if c.deliver(frame, event_id, call_id))
-        # Let the writers run before the next message: a burst from one publisher
-        # (a batch) then fills only the queues of clients that really fall behind.
-        gevent.sleep(0)
+        # Let the writers run once a queue builds up, so a burst from one publisher
+        # (a batch) fills only the queues of clients that really fall behind. Not
+        # after every message: that costs a loop turn and a writer greenlet per
+        # message and halved batch throughput (bench/README.md).
+        if any(c.wants_writer_turn() for c in targets):
+            gevent.sleep(0)
         return taken
 
     def connection_infos(self) -> list[ConnectionInfo]:

@@ -1,0 +1,121 @@
+"""SafeSocket: whole writes under concurrency, a write deadline, clean and abortive closes.
+
+STACK-NOTES: simple-websocket's ``Server.send`` uses ``socket.send`` and
+ignores short writes; every write must be a whole ``sendall`` under a lock,
+bounded in time. Real (gevent) socket pairs, no mocks.
+"""
+
+from __future__ import annotations
+
+import time
+
+import gevent
+import pytest
+from gevent import socket
+
+from webapp import connection
+from webapp.connection import CLOSE_GRACE_SECONDS, SafeSocket
+
+
+@pytest.fixture
+def pair():
+    """A connected TCP pair on loopback (resets exist only in TCP)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        left = socket.create_connection(listener.getsockname())
+        right, _ = listener.accept()
+    yield left, right
+    for end in (left, right):
+        end.close()
+
+
+def read_exactly(sock, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = sock.recv(min(1 << 20, count - len(data)))
+        assert chunk, "peer closed early"
+        data += chunk
+    return data
+
+
+def test_concurrent_large_writes_stay_whole(pair):
+    left, right = pair
+    safe = SafeSocket(left, write_timeout=10)
+    frames = [bytes([n]) * (256 * 1024 + n) for n in range(20)]
+    writers = [gevent.spawn(safe.send, frame) for frame in frames]
+    received = gevent.spawn(read_exactly, right, sum(map(len, frames)))
+    gevent.joinall([*writers, received], raise_error=True, timeout=20)
+    data = received.value
+    # Each frame is one unbroken run of its byte: no interleaving of partial writes.
+    runs, position = [], 0
+    while position < len(data):
+        byte = data[position]
+        end = position
+        while end < len(data) and data[end] == byte:
+            end += 1
+        runs.append((byte, end - position))
+        position = end
+    assert sorted(runs) == sorted((n, 256 * 1024 + n) for n in range(20))
+    assert not safe.broken
+
+
+def test_a_peer_that_does_not_read_times_the_write_out_and_breaks_the_socket(pair):
+    left, right = pair
+    safe = SafeSocket(left, write_timeout=0.3)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        for _ in range(1000):  # fill every buffer: the peer never reads
+            safe.send(b"x" * 65536)
+    assert 0.25 <= time.monotonic() - started < 3
+    assert safe.broken
+    started = time.monotonic()
+    with pytest.raises(BrokenPipeError):
+        safe.send(b"after")
+    assert time.monotonic() - started < 0.1  # fails at once
+
+
+def test_a_killed_writer_breaks_the_socket(pair):
+    left, _right = pair
+    safe = SafeSocket(left, write_timeout=30)
+    writer = gevent.spawn(lambda: [safe.send(b"y" * 65536) for _ in range(1000)])
+    gevent.sleep(0.1)
+    assert not writer.dead
+    writer.kill(timeout=1)
+    assert safe.broken
+    with pytest.raises(BrokenPipeError):
+        safe.send(b"z")
+
+
+def test_close_delivers_what_was_sent_even_with_unread_input(pair):
+    left, right = pair
+    safe = SafeSocket(left, write_timeout=5)
+    right.sendall(b"unread input " * 1000)  # would turn a plain close into a reset
+    safe.send(b"last frame")
+    closer = gevent.spawn(safe.close)
+    assert read_exactly(right, len(b"last frame")) == b"last frame"
+    assert right.recv(10) == b""  # an orderly end, not a reset
+    right.close()
+    closer.join(timeout=CLOSE_GRACE_SECONDS + 1)
+    assert closer.dead
+
+
+def test_close_waits_for_the_peer_at_most_the_grace_period(pair, monkeypatch):
+    monkeypatch.setattr(connection, "CLOSE_GRACE_SECONDS", 0.3)
+    left, _right = pair
+    safe = SafeSocket(left, write_timeout=5)
+    started = time.monotonic()
+    safe.close()  # the peer never closes its side
+    assert 0.25 <= time.monotonic() - started <= 0.8
+
+
+def test_abort_resets_the_connection(pair):
+    left, right = pair
+    safe = SafeSocket(left, write_timeout=5)
+    safe.send(b"half a frame")
+    safe.abort()
+    assert safe.broken
+    safe.close()  # broken: no drain, immediate
+    with pytest.raises(ConnectionResetError):
+        while right.recv(1024):
+            pass
