@@ -1,7 +1,8 @@
 """Run every benchmark of issue 2 in a row and print the tables of bench/README.md.
 
 1. idle connections with the server's gc tuning on (the default), then off;
-2. throughput with one event per request, then with batches.
+2. throughput with one event per request, then with batches, then one event per
+   request again while ``--connections`` idle sockets are held.
 
 Each part starts its own server and stops by itself; the whole run takes
 about three minutes on the 2-core box. The Redis comparison is separate:
@@ -69,12 +70,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["machine_busy_percent_before"] = busy
         save_result(f"idle_connections-gc-{tuning}", result)
         summary["idle"].append(result)
-    for mode, publishers in (("single", 4), ("batch", 2)):
+    for mode, publishers, idle in (("single", 4, 0), ("batch", 2, 0),
+                                   ("single", 4, args.connections)):
         busy = wait_for_quiet_machine(args.quiet_wait) if args.quiet_wait else None
         result = throughput.run(mode, args.batch_size, publishers, args.duration, args.users,
-                                1, 0, args.legacy)
+                                1, idle, args.legacy)
         result["machine_busy_percent_before"] = busy
-        save_result(f"throughput-{mode}", result)
+        save_result(f"throughput-{mode}-idle-{idle}", result)
         summary["throughput"].append(result)
     path = save_result("summary", summary)
 

@@ -108,14 +108,19 @@ def publish_loop(port: int, api_key: str, index: int, users: list[str], batch: i
 
 
 def measure(port: int, api_key: str, pid: int, users: list[str], sockets_per_user: int,
-            batch: int, publishers: int, duration: float, tally: Tally) -> dict[str, Any]:
-    """Publish for ``duration`` seconds and wait (bounded) for every frame to arrive."""
+            batch: int, publishers: int, duration: float, tally: Tally,
+            first_index: int = 0) -> dict[str, Any]:
+    """Publish for ``duration`` seconds and wait (bounded) for every frame to arrive.
+
+    Publishers are numbered from ``first_index``: call ids must not repeat
+    between rounds, or the repeats are dropped as duplicates.
+    """
     meter = CpuMeter(pid)
     started = time.monotonic()
     stop_at = started + duration
     workers = [
         gevent.spawn(publish_loop, port, api_key, index, users, batch, stop_at, tally)
-        for index in range(publishers)
+        for index in range(first_index, first_index + publishers)
     ]
     gevent.joinall(workers, raise_error=True)
     published_for = time.monotonic() - started
@@ -165,7 +170,7 @@ def run(mode: str, batch_size: int, publishers: int, duration: float, users: int
         batch = batch_size if mode == "batch" else 0
         # Warm-up (not reported): imports, caches and the first keep-alive connections.
         measure(server.port, server.api_key, pid, emails, sockets_per_user, batch,
-                publishers, 1.0, tally)
+                publishers, 1.0, tally, first_index=1000)
         tally.reset()
         figures = measure(server.port, server.api_key, pid, emails, sockets_per_user, batch,
                           publishers, duration, tally)

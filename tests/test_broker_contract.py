@@ -56,16 +56,12 @@ class RecordingNode:
     def __init__(self, connections: dict[str, int] | None = None) -> None:
         self.connections = dict(connections or {})
         self.deliveries: list[tuple[str, dict[str, Any]]] = []
-        self.resyncs = 0
         self._lock = threading.Lock()
 
     def deliver(self, user_id: str, message: dict[str, Any]) -> int:
         with self._lock:
             self.deliveries.append((user_id, message))
         return self.connections.get(user_id, 0)
-
-    def resync(self) -> None:
-        self.resyncs += 1
 
     def local_connections(self) -> list[ConnectionInfo]:
         return [

@@ -60,9 +60,6 @@ class Process:
         self.received.setdefault(user_id, []).append(message)
         return count
 
-    def resync(self) -> None:
-        pass
-
     def local_connections(self) -> list[ConnectionInfo]:
         return [
             ConnectionInfo(f"c{user}{n}", user, "2026-01-01T00:00:00.000Z")

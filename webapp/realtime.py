@@ -65,19 +65,6 @@ class Realtime:
     def deliver(self, user_id: str, message: dict[str, Any]) -> int:
         return self.hub.deliver(user_id, message)
 
-    def resync(self) -> None:
-        """Replay from history what live delivery may have missed (after a broker outage)."""
-        for connection in self.hub.all_connections():
-            if connection.user_id is None or connection.last_event_id is None:
-                continue
-            try:
-                replay = self.broker.history_since(connection.user_id, connection.last_event_id)
-            except BrokerUnavailable:
-                logger.warning("resync of connection %s postponed: broker down", connection.id)
-                continue
-            for message in replay.events:
-                connection.deliver(encode(message), message["id"], message["callId"])
-
     def local_connections(self) -> list[ConnectionInfo]:
         return self.hub.connection_infos()
 
@@ -117,7 +104,7 @@ class Realtime:
             connection.end_seam([], None)
             raise
         connection.mark_initialised(user_id)
-        self._presence_changed()
+        self.broker.presence_changed()
         recovered: bool | None = None
         snapshot = Snapshot([], None)
         events: list[dict[str, Any]] = []
@@ -154,13 +141,8 @@ class Realtime:
         self.hub.remove(connection)
         connection.mark_closed()
         if connection.user_id is not None:
-            self._presence_changed()
+            self.broker.presence_changed()
 
-    def _presence_changed(self) -> None:
-        """Tell a broker that shares presence between processes (Redis) that ours changed."""
-        notify = getattr(self.broker, "presence_changed", None)
-        if notify is not None:
-            notify()
 
 
 def realtime() -> Realtime:

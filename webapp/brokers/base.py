@@ -55,9 +55,6 @@ class Node(Protocol):
     def deliver(self, user_id: str, message: dict[str, Any]) -> int:
         """Hand a live message to this process's connections of ``user_id``; return how many."""
 
-    def resync(self) -> None:
-        """Re-read history for local connections after the broker may have missed messages."""
-
     def local_connections(self) -> list[ConnectionInfo]:
         """List this process's initialised connections."""
 
@@ -106,6 +103,9 @@ class Broker(ABC):
     @abstractmethod
     def connection_count(self, user_id: str) -> int:
         """Count the user's initialised connections in every process (best effort)."""
+
+    def presence_changed(self) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Note that this process's connections changed (brokers sharing presence override)."""
 
     @abstractmethod
     def is_ready(self) -> bool:
