@@ -17,7 +17,8 @@ worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "20000"))
 # Heroku sends SIGKILL 30 s after SIGTERM; sockets are closed with 1012 first.
 graceful_timeout = 20
 timeout = 30
-keepalive = 5
+# An idle HTTP keep-alive connection holds a stopping worker this long: keep it short.
+keepalive = 2
 control_socket_disable = True
 
 

@@ -423,7 +423,7 @@ def test_production_page_uses_the_sign_in_hook_and_stops_on_policy_close(server_
 
 # -- restarts and broken networks --------------------------------------------------
 
-#: gunicorn waits out idle HTTP keep-alive connections (5 s in gunicorn.conf.py)
+#: gunicorn waits out idle HTTP keep-alive connections (2 s in gunicorn.conf.py)
 #: before a stopping worker exits, and the browser holds one from loading the
 #: page; a shorter keep-alive only makes the restarts below quicker.
 QUICK_STOP = {"GUNICORN_CMD_ARGS": "--keep-alive 1"}
