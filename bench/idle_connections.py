@@ -132,6 +132,26 @@ def open_idle(port: int, first: int, count: int, concurrency: int, legacy: bool,
     pool.join()
 
 
+def churn(port: int, holders: list[RawClient], first: int, rate: float, seconds: float,
+          concurrency: int, legacy: bool, errors: list[str]) -> int:
+    """Replace the oldest connections with new ones, ``rate`` per second, for ``seconds``.
+
+    Each replaced client just drops its TCP connection (a closed laptop lid,
+    a lost network); each new one is a new user. Returns how many were replaced.
+    """
+    pool = Pool(concurrency)
+    replaced = 0
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        if holders:
+            holders.pop(0).close()
+        pool.spawn(open_idle, port, first + replaced, 1, 1, legacy, holders, errors)
+        replaced += 1
+        gevent.sleep(max(0.0, started + replaced / rate - time.monotonic()))
+    pool.join(timeout=30)
+    return replaced
+
+
 NO_PAUSES = {"collections_gen1": 0, "collections_gen2": 0, "max_pause_ms": 0.0,
              "total_pause_ms": 0.0}
 
@@ -156,8 +176,8 @@ def read_gc_log(path: Path, pid: int, windows: list[tuple[str, float, float]]
 
 
 def run(connections: int, levels: list[int], probes: int, rate: float, hold: float,
-        gc_tuning: str, legacy: bool, concurrency: int, trace_gc: bool = True
-        ) -> dict[str, Any]:
+        gc_tuning: str, legacy: bool, concurrency: int, trace_gc: bool = True,
+        churn_rate: float = 0.0, churn_seconds: float = 0.0) -> dict[str, Any]:
     """Run the whole scenario against a fresh server and return the figures."""
     quiet_generator_gc()
     raise_fd_limit(connections + probes + 1000)
@@ -238,12 +258,34 @@ def run(connections: int, levels: list[int], probes: int, rate: float, hold: flo
             }
             rows.append(row)
             logger.info("level %d: %s", level, json.dumps(row))
+        churned: dict[str, Any] | None = None
+        if churn_rate > 0 and churn_seconds > 0:
+            recorder.enter("churn")
+            meter = CpuMeter(pid)
+            before = sample_process(pid)
+            replaced = churn(server.port, holders, len(holders) + len(errors) + 1_000_000,
+                             churn_rate, churn_seconds, concurrency, legacy, errors)
+            gevent.sleep(1.0)
+            after = sample_process(pid)
+            churned = {
+                "replaced": replaced,
+                "per_second": churn_rate,
+                "seconds": churn_seconds,
+                "held_after": len(holders),
+                "rss_mib_after": round(after.rss_bytes / 2**20, 1),
+                "rss_growth_mib": round((after.rss_bytes - before.rss_bytes) / 2**20, 1),
+                "latency": percentiles(recorder.samples["churn"]),
+                "cpu_percent": meter.percent(),
+            }
+            logger.info("churn: %s", json.dumps(churned))
         recorder.enter("done")
         if gc_log is not None:
             pauses = read_gc_log(gc_log, pid, recorder.windows)
             for row in rows:
                 row["gc_holding"] = pauses.get(f"hold {row['level']}", NO_PAUSES)
                 row["gc_while_opening"] = pauses.get(f"ramp->{row['level']}", NO_PAUSES)
+            if churned is not None:
+                churned["gc"] = pauses.get("churn", NO_PAUSES)
         deflate_accepted = sum(1 for c in holders + probe_clients if c.extensions)
         closed_by_server = sum(1 for c in holders + probe_clients if not c.alive)
         return {
@@ -262,6 +304,7 @@ def run(connections: int, levels: list[int], probes: int, rate: float, hold: flo
             "bad_publish_answers": recorder.bad_answers,
             "generator_cpu_seconds": round(own_cpu_seconds(), 1),
             "levels": rows,
+            "churn": churned,
         }
     finally:
         for greenlet in background:
@@ -309,6 +352,18 @@ def format_table(result: dict[str, Any]) -> str:
             f"| {pauses(row.get('gc_holding'))}; {pauses(row.get('gc_while_opening'))} "
             f"| {cpu['server_cpu_percent']} | {others} | {row['generator_max_loop_lag_ms']} |"
         )
+    churned = result.get("churn")
+    if churned:
+        gc_note = churned.get("gc")
+        lines += [
+            "",
+            f"churn with {churned['held_after']} held: {churned['replaced']} connections "
+            f"replaced at {churned['per_second']:g}/s; latency p50 / p99 / max "
+            f"{trio(churned['latency'])}; server gc: full collections, longest pause ms "
+            f"{pauses(gc_note)}; RSS {churned['rss_mib_after']} MiB "
+            f"({churned['rss_growth_mib']:+} MiB); other CPU "
+            f"{churned['cpu_percent']['other_cpu_percent']} %",
+        ]
     return "\n".join(lines)
 
 
@@ -335,6 +390,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="userId-only init (WS_REQUIRE_TOKEN=false) instead of tokens")
     parser.add_argument("--concurrency", type=int, default=100,
                         help="handshakes in flight while opening (default 100)")
+    parser.add_argument("--churn-rate", type=float, default=200,
+                        help="after the last level, connections replaced per second (default 200)")
+    parser.add_argument("--churn-seconds", type=float, default=20,
+                        help="how long the churn lasts; 0 skips it (default 20)")
     parser.add_argument("--no-trace-gc", dest="trace_gc", action="store_false",
                         help="do not log the server's collector pauses (bench/gctrace)")
 
@@ -351,7 +410,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     result = run(args.connections, levels_for(args.connections, args.levels), args.probes,
                  args.rate, args.hold, args.gc_tuning, args.legacy, args.concurrency,
-                 args.trace_gc)
+                 args.trace_gc, args.churn_rate, args.churn_seconds)
     path = save_result(f"idle_connections-gc-{args.gc_tuning}", result)
     print("\n" + format_table(result))
     print(f"\nfull figures: {path}")

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         busy = wait_for_quiet_machine(args.quiet_wait) if args.quiet_wait else None
         result = idle_connections.run(args.connections, levels, args.probes, args.rate,
                                       args.hold, tuning, args.legacy, args.concurrency,
-                                      args.trace_gc)
+                                      args.trace_gc, args.churn_rate, args.churn_seconds)
         result["machine_busy_percent_before"] = busy
         save_result(f"idle_connections-gc-{tuning}", result)
         summary["idle"].append(result)

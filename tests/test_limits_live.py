@@ -318,8 +318,9 @@ def test_a_peer_that_does_not_answer_pings_is_dropped(server_factory, clients):
     finally:
         raw.close()
     opcodes = [opcode for opcode, _ in frames]
-    assert opcodes.count(OP_PING) >= 1
-    assert 1.5 <= result["elapsed"] <= 4.0, result["elapsed"]
+    # Pings at 1 s and 2 s go unanswered: two misses, dropped at the third (3 s).
+    assert opcodes.count(OP_PING) >= 2
+    assert 2.5 <= result["elapsed"] <= 4.5, result["elapsed"]
     if opcodes[-1] == OP_CLOSE:
         assert close_code(frames[-1][1]) == 1008
     # The one that answered is still there.

@@ -310,6 +310,8 @@ class WebSocketConnection(Connection):
         self._readable: Any = None
         interval = getattr(ws, "ping_interval", None)
         self._next_ping = time.monotonic() + interval if interval else None
+        #: Consecutive pings the peer left unanswered; two drop it (SPEC §3).
+        self._missed_pings = 0
 
     def receive(self, timeout: float | None) -> Any:
         """Return the next frame, None on timeout, or :data:`WAKE`; raise when closed.
@@ -318,7 +320,7 @@ class WebSocketConnection(Connection):
         (see :class:`InlineReader`): waits until the socket is readable (or
         :meth:`_wake_session` sets the event), feeds wsproto, which answers
         pings and close frames, and sends a ping every ``ping_interval``,
-        closing with 1008 a peer that did not answer the previous one.
+        closing with 1008 a peer that left two consecutive pings unanswered.
         """
         ws = self._ws
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -365,10 +367,11 @@ class WebSocketConnection(Connection):
             ws.connected = False
 
     def _ping(self) -> None:
-        """Send the next ping, or close with 1008 if the last one got no pong."""
+        """Send the next ping, or close with 1008 if the last two got no pong."""
         ws = self._ws
         self._next_ping = time.monotonic() + ws.ping_interval
-        if not ws.pong_received:
+        self._missed_pings = 0 if ws.pong_received else self._missed_pings + 1
+        if self._missed_pings >= 2:
             with contextlib.suppress(Exception):  # the peer may be gone already
                 ws.close(reason=CLOSE_POLICY, message="Ping/Pong timeout")
             ws.connected = False
