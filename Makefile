@@ -29,5 +29,8 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 
+bench: install
+	$(BIN)/python -m bench.run --connections 10000
+
 clean:
 	rm -rf $(VENV) test-artifacts .pytest_cache

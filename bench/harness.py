@@ -53,7 +53,10 @@ def quiet_generator_gc() -> None:
 
 
 def start_bench_server(overrides: dict[str, str] | None = None) -> LiveServer:
-    """Start the Procfile's server in development mode with bench-friendly settings."""
+    """Start the Procfile's server in development mode, as the tests do (log in test-artifacts/).
+
+    ``BENCH_LOG_LEVEL`` changes the server's LOG_LEVEL (default INFO).
+    """
     settings = {
         # INFO, as production logs: two lines per connection are part of its cost.
         "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "INFO"),

@@ -414,6 +414,12 @@ class WebSocketConnection(Connection):
             self._readable.close()
         with contextlib.suppress(OSError):
             self._ws.sock.close()
+        # wsproto's frame parser holds its own generator, which holds the parser:
+        # a cycle that only a full collection frees, and gunicorn.conf.py freezes
+        # long-lived objects out of the collector. Break it so it dies with us.
+        proto = getattr(getattr(self._ws.ws, "connection", None), "_proto", None)
+        if proto is not None:
+            proto._parse_more = None
 
     @property
     def open(self) -> bool:
