@@ -57,7 +57,6 @@ def create_app(overrides: Mapping[str, str] | None = None) -> Flask:
             "thread_class": InlineReader,
         },
         MAX_CONTENT_LENGTH=8 * 1024 * 1024,
-        JSON_SORT_KEYS=False,
     )
     app.json.sort_keys = False
     app.extensions["callwire"] = Realtime(
