@@ -11,6 +11,7 @@ import datetime
 import time
 from collections.abc import Iterator
 
+import google.auth.exceptions
 import google.oauth2.id_token
 import jwt
 import pytest
@@ -20,7 +21,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from tests.support.tokens import TEST_PROJECT, emulator_token
-from webapp.auth import AuthError, Identity, TokenExpired, TokenVerifier, mint_emulator_token
+from webapp.auth import (
+    AuthError,
+    Identity,
+    TokenExpired,
+    TokenVerifier,
+    VerifierUnavailable,
+    mint_emulator_token,
+)
 
 PROJECT = "callwire-test"
 ISSUER = f"https://securetoken.google.com/{PROJECT}"
@@ -234,3 +242,22 @@ def tamper(token: str) -> str:
         "unused-secret-key-of-32-bytes-long", algorithm="HS256",
     ).split(".")[1]
     return f"{header}.{forged}.{signature}"
+
+
+def test_unreachable_google_certificates_are_an_outage_not_a_bad_token(
+    monkeypatch, signing_key
+):
+    """A good token must not be answered 'invalid' because Google could not be reached."""
+    monkeypatch.delenv("FIREBASE_AUTH_EMULATOR_HOST", raising=False)
+
+    def unreachable(request, certs_url):
+        raise google.auth.exceptions.TransportError("connection refused")
+
+    monkeypatch.setattr(google.oauth2.id_token, "_fetch_certs", unreachable)
+    verifier = TokenVerifier(PROJECT)
+    try:
+        with pytest.raises(VerifierUnavailable) as outage:
+            verifier.verify(signed_token(signing_key))
+        assert not isinstance(outage.value, AuthError)
+    finally:
+        verifier.close()

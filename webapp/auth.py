@@ -33,6 +33,10 @@ class AuthError(Exception):
     """A token was missing, malformed, forged, for another project, or expired."""
 
 
+class VerifierUnavailable(Exception):
+    """Google's public keys could not be fetched: the token was not judged; retry later."""
+
+
 class TokenExpired(AuthError):
     """The token was valid but its ``exp`` has passed."""
 
@@ -68,6 +72,12 @@ class TokenVerifier:
             claims = firebase_auth.verify_id_token(token.strip(), app=self._app)
         except firebase_auth.ExpiredIdTokenError:
             raise TokenExpired("Authentication failed: token expired") from None
+        except firebase_auth.CertificateFetchError as error:
+            # Not the client's fault: a 401 would make it throw away a good token.
+            logger.warning("token not verified: Google certificates unreachable (%s)", error)
+            raise VerifierUnavailable(
+                "Token verification unavailable: retry shortly"
+            ) from None
         except (ValueError, firebase_admin.exceptions.FirebaseError) as error:
             logger.info("token rejected: %s", type(error).__name__)
             raise AuthError("Authentication failed: invalid token") from None

@@ -7,7 +7,7 @@ import hmac
 from flask import request
 from flask_smorest import abort
 
-from webapp.auth import AuthError, Identity
+from webapp.auth import AuthError, Identity, VerifierUnavailable
 from webapp.realtime import realtime
 
 
@@ -21,6 +21,8 @@ def current_identity() -> Identity:
         return realtime().verifier.verify(token.strip())
     except AuthError as failure:
         abort(401, message=str(failure))
+    except VerifierUnavailable as outage:
+        abort(503, message=str(outage))
 
 
 def is_admin(identity: Identity) -> bool:

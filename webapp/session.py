@@ -13,7 +13,7 @@ from typing import Any
 
 from simple_websocket import ConnectionClosed
 
-from webapp.auth import AuthError, Identity
+from webapp.auth import AuthError, Identity, VerifierUnavailable
 from webapp.config import normalise_email
 from webapp.connection import (
     CLOSE_INTERNAL,
@@ -141,6 +141,9 @@ class Session:
             return self.node.verifier.verify(token)
         except AuthError as failure:
             raise _Close(CLOSE_POLICY, str(failure)) from None
+        except VerifierUnavailable as outage:
+            # 1011: the client should retry with backoff, keeping its token.
+            raise _Close(CLOSE_INTERNAL, str(outage)) from None
 
     def _handle_init(self, message: ClientMessage) -> None:
         payload = message.payload
