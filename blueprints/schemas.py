@@ -47,12 +47,6 @@ class EventSchema(ma.Schema):
     )
 
 
-class PublishResultSchema(ma.Schema):
-    id = ma.fields.String(allow_none=True, metadata={"description": "Event id, null when dropped"})
-    delivered = ma.fields.Integer(metadata={"description": "Connections reached"})
-    dropped = ma.fields.String(metadata={"description": "duplicate or stale, when dropped"})
-
-
 class PublishAnswerSchema(ma.Schema):
     success = ma.fields.Boolean()
     message = ma.fields.String(metadata={"description": "What went wrong (partial batch)"})

@@ -421,11 +421,6 @@ class WebSocketConnection(Connection):
         if proto is not None:
             proto._parse_more = None
 
-    @property
-    def open(self) -> bool:
-        """True while the WebSocket is connected."""
-        return bool(self._ws.connected)
-
     def _write(self, frame: str) -> None:
         self._ws.send(frame)
 

@@ -9,7 +9,7 @@ of its process, which owns the local connections (see ``webapp.realtime``).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from webapp.events import CallState, EventDraft, PublishResult
@@ -46,7 +46,6 @@ class ConnectionInfo:
     user_id: str
     connected_at: str
     transport: str = "websocket"
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Node(Protocol):
