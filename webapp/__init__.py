@@ -18,6 +18,7 @@ from webapp.config import load_settings
 from webapp.connection import InlineReader
 from webapp.errors import CallwireApi, handle_unexpected
 from webapp.realtime import Realtime
+from webapp.transports.socketio import SocketIOLayer
 
 __all__ = ["create_app"]
 
@@ -88,6 +89,10 @@ def create_app(overrides: Mapping[str, str] | None = None) -> Flask:
     app.register_blueprint(ws.bp)
     ws.sock.init_app(app)
     app.register_error_handler(Exception, handle_unexpected)
+    # Socket.IO (SPEC §8) around the whole app: /socket.io/ goes to it, the rest to Flask.
+    layer = SocketIOLayer(app.extensions["callwire"])
+    app.extensions["callwire.socketio"] = layer
+    app.wsgi_app = layer.wsgi_app(app.wsgi_app)
 
     settings.log_summary()
     return app

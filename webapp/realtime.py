@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from flask import current_app
@@ -37,6 +38,9 @@ class Realtime:
         #: Every open connection, initialised or not (the hub holds initialised ones).
         self._open: set[Connection] = set()
         self.shutting_down = False
+        #: Called at shutdown after every connection was asked to close (transports
+        #: close what never became a connection, e.g. bare Engine.IO sessions).
+        self.shutdown_hooks: list[Callable[[], Any]] = []
         self._started_pid: int | None = None
         self._start_lock = threading.Lock()
 
@@ -57,6 +61,11 @@ class Realtime:
         connections = list(self._open)
         for connection in connections:
             connection.request_close(CLOSE_RESTART, "Server restarting")
+        for hook in self.shutdown_hooks:
+            try:
+                hook()
+            except Exception:
+                logger.exception("shutdown hook %r failed", hook)
         logger.info("shutdown: closing %d connections with 1012", len(connections))
         return len(connections)
 
