@@ -50,11 +50,15 @@ function connect(command) {
     options.auth = command.auth;
   }
   socket = io(command.url, options);
-  socket.on('connect', () => {
-    out(Object.assign({ type: 'connect', id: socket.id, recovered: socket.recovered }, transportInfo()));
+  socket.io.on('open', () => {
+    // The Engine.IO connection is open (first transport); an upgrade may follow.
+    out(Object.assign({ type: 'open' }, transportInfo()));
     socket.io.engine.once('upgrade', (transport) => {
       out(Object.assign({ type: 'upgrade', name: transport.name }, transportInfo()));
     });
+  });
+  socket.on('connect', () => {
+    out(Object.assign({ type: 'connect', id: socket.id }, transportInfo()));
   });
   socket.on('connect_error', (err) => {
     out({ type: 'connect_error', message: err.message, data: err.data === undefined ? null : err.data });

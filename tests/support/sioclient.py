@@ -38,6 +38,7 @@ class NodeSocketIO:
             bufsize=1,
         )
         self.seen: list[dict[str, Any]] = []
+        self._unclaimed: list[dict[str, Any]] = []
         self._lines: queue.Queue[dict[str, Any]] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -61,7 +62,19 @@ class NodeSocketIO:
 
     def next(self, kind: str | None = None, *, name: str | None = None,
              timeout: float = 5.0) -> dict[str, Any]:
-        """Return the next message of ``kind`` (and event ``name``), skipping others."""
+        """Return the oldest unclaimed message of ``kind`` (and event ``name``).
+
+        Messages passed over stay unclaimed for later calls, so the order of
+        calls need not follow the order of arrival across kinds.
+        """
+
+        def matches(message: dict[str, Any]) -> bool:
+            return (kind is None or message["type"] == kind) and (
+                name is None or message.get("name") == name)
+
+        for index, message in enumerate(self._unclaimed):
+            if matches(message):
+                return self._unclaimed.pop(index)
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
@@ -75,16 +88,16 @@ class NodeSocketIO:
             self.seen.append(message)
             if message["type"] == "failure":
                 raise AssertionError(message["message"])
-            if (kind is None or message["type"] == kind) and (
-                    name is None or message.get("name") == name):
+            if matches(message):
                 return message
+            self._unclaimed.append(message)
 
     def event(self, name: str, timeout: float = 5.0) -> dict[str, Any]:
         """Return the first argument of the next event ``name``."""
         return self.next("event", name=name, timeout=timeout)["args"][0]
 
     def quiet(self, seconds: float) -> list[dict[str, Any]]:
-        """Collect whatever arrives within ``seconds``."""
+        """Return what arrives within ``seconds`` (it stays claimable by :meth:`next`)."""
         got = []
         deadline = time.monotonic() + seconds
         while (remaining := deadline - time.monotonic()) > 0:
@@ -93,6 +106,7 @@ class NodeSocketIO:
             except queue.Empty:
                 break
             self.seen.append(message)
+            self._unclaimed.append(message)
             got.append(message)
         return got
 

@@ -52,6 +52,7 @@ import socketio.exceptions
 import socketio.packet as sio_packet
 from wsproto.utilities import LocalProtocolError
 
+from webapp import metrics
 from webapp.client_rules import ClientRules, CloseClient
 from webapp.connection import (
     CLOSE_POLICY,
@@ -347,8 +348,11 @@ class CallwireEngineSocket(engineio.socket.Socket):
                     return False
                 ws.send(pkt.encode())
             except Exception as failure:  # noqa: BLE001 - any write failure ends the transport
-                logger.info("engine.io %s: write failed (%s)", self.sid,
-                            failure or type(failure).__name__)
+                # Mostly a peer that stopped reading (WS_WRITE_TIMEOUT): the client
+                # sees the transport close, reconnects and resumes.
+                metrics.SLOW_CLIENTS_DROPPED.inc()
+                logger.warning("engine.io %s too slow: write failed (%s), closing the transport",
+                               self.sid, failure or type(failure).__name__)
                 return False
             finally:
                 queue.task_done()
