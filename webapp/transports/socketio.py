@@ -538,6 +538,13 @@ class SocketIOLayer(socketio.Server):
             self._refuse_format(eio_sid, f"packet type {kind!r}")
 
     def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
+        if (namespace or "/") != "/":
+            # The library answers a bare string, which socket.io-client turns into an
+            # error without a message; answer as the JavaScript server does.
+            self._send_packet(eio_sid, self.packet_class(
+                sio_packet.CONNECT_ERROR, data={"message": "Invalid namespace"},
+                namespace=namespace))
+            return
         try:
             super()._handle_connect(eio_sid, namespace, data)
         finally:
