@@ -139,11 +139,13 @@ def test_garbage_over_websocket(server, log_since):
     assert opcode == websocket.ABNF.OPCODE_CLOSE
     assert int.from_bytes(data[:2], "big") == 1009
     ws.close()
+    ws.shutdown()  # websocket-client leaves the socket open after the server's close frame
     garbage = websocket.create_connection(url, timeout=5)
     assert garbage.recv().startswith("0{")
     garbage.send("zz")  # not an Engine.IO packet: the transport is closed
     opcode, _ = garbage.recv_data()
     assert opcode == websocket.ABNF.OPCODE_CLOSE
     garbage.close()
+    garbage.shutdown()
     assert "Traceback" not in log_since()
     assert_still_serving(server)
