@@ -60,7 +60,11 @@ def create_app(overrides: Mapping[str, str] | None = None) -> Flask:
     )
     app.json.sort_keys = False
     app.extensions["callwire"] = Realtime(
-        settings, create_broker(settings), TokenVerifier(settings.project_id)
+        settings,
+        create_broker(settings),
+        TokenVerifier(
+            settings.project_id, allow_unverified_emails=settings.allow_unverified_emails
+        ),
     )
 
     # Imported here: the blueprints depend on webapp, never the other way round.

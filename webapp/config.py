@@ -90,6 +90,7 @@ class Settings:
     max_connections_per_user: int = 20
     send_queue: int = 1000
     write_timeout: float = 10.0
+    allow_unverified_emails: bool = False
 
     @property
     def development(self) -> bool:
@@ -133,6 +134,8 @@ class Settings:
                 values[attr] = _as_float(name, raw, minimum)
         if (raw := get("WS_REQUIRE_TOKEN")) is not None:
             values["require_token"] = _as_bool("WS_REQUIRE_TOKEN", raw)
+        if (raw := get("ALLOW_UNVERIFIED_EMAILS")) is not None:
+            values["allow_unverified_emails"] = _as_bool("ALLOW_UNVERIFIED_EMAILS", raw)
         values["firebase_project_id"] = get("FIREBASE_PROJECT_ID") or get("GOOGLE_CLOUD_PROJECT")
         values["emulator_host"] = get("FIREBASE_AUTH_EMULATOR_HOST")
         values["redis_url"] = get("REDIS_URL")
@@ -174,6 +177,17 @@ class Settings:
                 "DEVELOPMENT MODE: FIREBASE_AUTH_EMULATOR_HOST is set, so UNSIGNED "
                 "emulator tokens for project %s are accepted. Never run this in production.",
                 self.project_id,
+            )
+        else:
+            logger.info(
+                "Production mode: only Firebase ID tokens signed by Google for project %s "
+                "are accepted (signature, audience, issuer, iat and exp checked).",
+                self.project_id,
+            )
+        if self.allow_unverified_emails:
+            logger.warning(
+                "ALLOW_UNVERIFIED_EMAILS=true: tokens whose email is not verified are "
+                "accepted, so anyone who signs up with someone else's address gets their events."
             )
         if not self.require_token:
             logger.warning(
