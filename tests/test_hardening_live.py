@@ -7,12 +7,18 @@ admission caps at the handshake.
 
 from __future__ import annotations
 
+import json
+import re
+import socket
 import time
 import uuid
+from collections.abc import Iterator
 
+import pytest
 import requests
+import websocket
 
-from tests.support.server import LiveServer
+from tests.support.server import LiveServer, start_server
 from tests.support.tokens import emulator_token
 
 
@@ -67,3 +73,118 @@ def test_a_token_from_the_future_is_refused_in_development(server, clients):
     assert client.wait_closed()[0] == 1008
     assert clients_answer(server, early).status_code == 401
 
+
+
+# -- one server with small limits for the rest -------------------------------------------------
+
+QUEUE_BYTES = 65536
+BODY_TIMEOUT = 1.0
+VAPI_SECRET = "vapi-secret-for-tests"
+TWILIO_TOKEN = "twilio-token-for-tests"
+
+
+@pytest.fixture(scope="module")
+def limited() -> Iterator[LiveServer]:
+    server = start_server(
+        {
+            "WS_SEND_QUEUE": "1000",
+            "WS_SEND_QUEUE_BYTES": str(QUEUE_BYTES),
+            "HTTP_BODY_TIMEOUT": str(BODY_TIMEOUT),
+            "VAPI_WEBHOOK_SECRET": VAPI_SECRET,
+            "TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
+        },
+        name="hardening",
+    )
+    yield server
+    server.stop()
+
+
+def post_test_message(server: LiveServer, email: str, **body: object) -> requests.Response:
+    """POST /websocket/test as ``email``: ``json=`` or ``data=`` as given."""
+    return requests.post(f"{server.http}/api/v6/call/websocket/test",
+                         headers={**bearer(emulator_token(email)),
+                                  "Content-Type": "application/json"},
+                         timeout=30, **body)
+
+
+# -- item 1: test message size, byte-bounded send queue ---------------------------------------
+
+
+def test_test_messages_over_64_kib_are_refused_with_413(limited):
+    email = new_user()
+    envelope = len(json.dumps({"targetUserId": email, "message": ""}))
+    fits = post_test_message(
+        limited, email, json={"targetUserId": email, "message": "x" * (65536 - envelope)})
+    assert fits.status_code == 200, fits.text
+    too_big = post_test_message(
+        limited, email, json={"targetUserId": email, "message": "x" * (65536 - envelope + 1)})
+    assert too_big.status_code == 413
+    assert too_big.json() == {"success": False,
+                              "message": "Request body too large: at most 65536 bytes"}
+    # Chunked, with no Content-Length to refuse up front: cut while reading, same answer.
+    chunked = post_test_message(limited, email, data=(b"x" * 16384 for _ in range(400)))
+    assert chunked.status_code == 413
+    assert "at most 65536 bytes" in chunked.json()["message"]
+
+
+def test_the_send_queue_is_bounded_in_bytes(limited):
+    email = new_user()
+    # A socket that stops reading after init (tiny receive buffer), and one that reads.
+    silent = websocket.create_connection(
+        limited.ws, timeout=10, sockopt=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)])
+    reader = websocket.create_connection(limited.ws, timeout=10)
+    try:
+        for ws in (silent, reader):
+            ws.send(json.dumps({"type": "init", "payload": {"token": emulator_token(email)}}))
+            assert json.loads(ws.recv())["type"] == "connected"
+        drops = slow_drops(limited)
+        session = requests.Session()
+        sent = 0
+        # 30 KB messages: the kernel buffers take a few MB, then the 64 KiB queue fills
+        # long before the 1,000-message bound would.
+        while slow_drops(limited) == drops:
+            assert sent < 600, "the silent socket was never dropped"
+            answer = session.post(
+                f"{limited.http}/api/v6/call/websocket/test",
+                json={"targetUserId": email, "message": f"{sent:05d}" + "y" * 30000},
+                headers=bearer(emulator_token(email)), timeout=10)
+            assert answer.status_code == 200
+            sent += 1
+            assert json.loads(reader.recv())["data"]["message"].startswith(f"{sent - 1:05d}")
+        waiting = re.findall(r"too slow: (\d+) messages \((\d+) bytes\) waiting", limited.log())
+        assert waiting, limited.log()[-2000:]
+        messages, size = map(int, waiting[-1])
+        assert messages < 1000 and size <= QUEUE_BYTES
+        # The reading socket of the same user is untouched.
+        reader.send(json.dumps({"type": "ping"}))
+        assert json.loads(reader.recv()) == {"type": "pong"}
+    finally:
+        silent.shutdown()
+        reader.close()
+
+
+def slow_drops(server: LiveServer) -> float:
+    metrics = requests.get(f"{server.http}/metrics", timeout=5).text
+    return float(re.search(r"^callwire_slow_clients_dropped_total (\S+)$", metrics, re.M)[1])
+
+
+# -- item 12: chunked bodies over the limit --------------------------------------------------
+
+
+def test_a_50_mb_chunked_publish_is_413_like_content_length(limited):
+    def body():
+        yield b'{"callId": "big", "userId": "a@example.com", "status": "ringing", "data": {"x": "'
+        chunk = b"z" * (1024 * 1024)
+        for _ in range(50):
+            yield chunk
+        yield b'"}}'
+
+    chunked = requests.post(f"{limited.http}/api/v6/call/events", data=body(),
+                            headers={"X-API-Key": limited.api_key}, timeout=30)
+    assert chunked.status_code == 413, chunked.text
+    assert chunked.json()["message"] == "Request body too large: at most 8388608 bytes"
+    declared = requests.post(f"{limited.http}/api/v6/call/events",
+                             data=b"x" * (8 * 1024 * 1024 + 1),
+                             headers={"X-API-Key": limited.api_key}, timeout=30)
+    assert declared.status_code == 413
+    assert declared.json()["message"] == chunked.json()["message"]

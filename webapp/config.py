@@ -22,6 +22,10 @@ logger = logging.getLogger(__name__)
 DEV_PROJECT_ID = "demo-callwire"
 
 
+#: Default bound on the bytes waiting in one connection's outgoing queue (WS_SEND_QUEUE_BYTES).
+DEFAULT_SEND_QUEUE_BYTES = 4 * 1024 * 1024
+
+
 class ConfigError(RuntimeError):
     """The configuration cannot run; the message says what to change."""
 
@@ -91,6 +95,8 @@ class Settings:
     send_queue: int = 1000
     write_timeout: float = 10.0
     allow_unverified_emails: bool = False
+    body_timeout: float = 10.0
+    send_queue_bytes: int = DEFAULT_SEND_QUEUE_BYTES
 
     @property
     def development(self) -> bool:
@@ -120,6 +126,7 @@ class Settings:
             "WS_MAX_MESSAGE_BYTES": ("max_message_bytes", 64),
             "WS_MAX_CONNECTIONS_PER_USER": ("max_connections_per_user", 1),
             "WS_SEND_QUEUE": ("send_queue", 1),
+            "WS_SEND_QUEUE_BYTES": ("send_queue_bytes", 1024),
         }
         for name, (attr, minimum) in ints.items():
             if (raw := get(name)) is not None:
@@ -128,6 +135,7 @@ class Settings:
             "WS_PING_INTERVAL": ("ping_interval", 0.1),
             "WS_INIT_TIMEOUT": ("init_timeout", 0.1),
             "WS_WRITE_TIMEOUT": ("write_timeout", 0.1),
+            "HTTP_BODY_TIMEOUT": ("body_timeout", 0.1),
         }
         for name, (attr, minimum) in floats.items():
             if (raw := get(name)) is not None:
@@ -207,6 +215,12 @@ class Settings:
             self.send_queue,
             self.history_size,
             self.history_ttl_seconds,
+        )
+        logger.info(
+            "callwire limits: send_queue_bytes=%d body_timeout=%ss unverified_emails=%s",
+            self.send_queue_bytes,
+            self.body_timeout,
+            "allowed" if self.allow_unverified_emails else "refused",
         )
 
 
