@@ -107,7 +107,7 @@ def cut_reads() -> int:
     """Make every body read in progress give up now (the worker is stopping)."""
     readers = list(_readers)
     for reader in readers:
-        gevent.kill(reader, _BodyCut, block=False)
+        gevent.kill(reader, _BodyCut)
     if readers:
         logger.info("shutdown: cut %d request bodies still arriving", len(readers))
     return len(readers)
