@@ -17,6 +17,7 @@ from flask import current_app
 
 from webapp import metrics
 from webapp.auth import TokenVerifier
+from webapp.bodies import cut_reads
 from webapp.brokers.base import Broker, BrokerUnavailable, ConnectionInfo, Snapshot
 from webapp.config import Settings
 from webapp.connection import CLOSE_RESTART, Connection
@@ -67,6 +68,7 @@ class Realtime:
             except Exception:
                 logger.exception("shutdown hook %r failed", hook)
         logger.info("shutdown: closing %d connections with 1012", len(connections))
+        cut_reads()
         return len(connections)
 
     # -- Node (called by the broker) --------------------------------------------
