@@ -6,7 +6,7 @@ client served at ``/static/callwire.js`` (docs/browser-client.md).
 
 from __future__ import annotations
 
-from flask import Blueprint, render_template
+from flask import Blueprint, render_template, request
 
 from webapp.realtime import realtime
 
@@ -27,7 +27,14 @@ CLOSE_CODES: tuple[tuple[int, str, str], ...] = (
 
 @bp.get("/")
 def index() -> str:
-    """Serve the demo page; development mode adds token minting and a sample call."""
+    """Serve the demo page; development mode adds token minting and a sample call.
+
+    ``?transport=socket.io`` makes the page connect over Socket.IO
+    (callwire-socketio.js and the socket.io-client bundle) instead of the raw
+    WebSocket.
+    """
+    transport = "socket.io" if request.args.get("transport") == "socket.io" else "websocket"
     return render_template(
-        "index.html", development=realtime().settings.development, close_codes=CLOSE_CODES
+        "index.html", development=realtime().settings.development, close_codes=CLOSE_CODES,
+        transport=transport,
     )

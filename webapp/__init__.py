@@ -92,6 +92,9 @@ def create_app(overrides: Mapping[str, str] | None = None) -> Flask:
     app.register_blueprint(docs_assets.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(dev.bp)
+    from blueprints import vendor  # the socket.io-client bundle (SPEC §8)
+
+    app.register_blueprint(vendor.bp)
     app.register_blueprint(ws.bp)
     ws.sock.init_app(app)
     app.register_error_handler(Exception, handle_unexpected)
