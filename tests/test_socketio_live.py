@@ -137,10 +137,10 @@ def test_socketio_client_refused_with_connect_error(server, node_clients, auth, 
 
 def test_socketio_token_refresh_and_expiry(server, node_clients):
     refreshed_user, expiring_user = new_user("refresh"), new_user("expire")
-    refreshed, expiring = node_clients(), node_clients()
-    refreshed.connect(server.http, auth={"token": emulator_token(refreshed_user, ttl=3)},
+    refreshed, expiring = node_clients(), node_clients()  # both ready: tokens minted now
+    refreshed.connect(server.http, auth={"token": emulator_token(refreshed_user, ttl=4)},
                       transports=["websocket"])
-    expiring.connect(server.http, auth={"token": emulator_token(expiring_user, ttl=3)},
+    expiring.connect(server.http, auth={"token": emulator_token(expiring_user, ttl=4)},
                      transports=["websocket"])
     refreshed.event("connected")
     expiring.event("connected")
@@ -149,7 +149,7 @@ def test_socketio_token_refresh_and_expiry(server, node_clients):
     assert ack["type"] == "authenticated" and ack["userId"] == refreshed_user
     assert refreshed.event("authenticated") == ack
 
-    problem = expiring.event("error", timeout=8)
+    problem = expiring.event("error", timeout=10)
     assert problem == {"type": "error", "message": "Token expired: refresh it with an auth message"}
     assert expiring.next("disconnect")["reason"] == "io server disconnect"
     assert not [m for m in expiring.quiet(0.5) if m["type"] in {"connect", "reconnect_attempt"}]

@@ -121,6 +121,7 @@ function handle(command) {
   }
 }
 
+out({ type: 'ready' });
 readline.createInterface({ input: process.stdin }).on('line', (line) => {
   if (!line.trim()) return;
   try {

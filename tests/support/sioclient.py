@@ -42,6 +42,7 @@ class NodeSocketIO:
         self._lines: queue.Queue[dict[str, Any]] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+        self.next("ready", timeout=20)  # Node has loaded socket.io-client
 
     def _read(self) -> None:
         for line in self.process.stdout:
