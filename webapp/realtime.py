@@ -15,6 +15,7 @@ from typing import Any
 from flask import current_app
 
 from webapp import metrics
+from webapp.admission import Admission
 from webapp.auth import TokenVerifier
 from webapp.bodies import cut_reads
 from webapp.brokers.base import Broker, BrokerUnavailable, ConnectionInfo, Snapshot
@@ -35,6 +36,8 @@ class Realtime:
         self.broker = broker
         self.verifier = verifier
         self.hub = Hub(settings.max_connections_per_user)
+        #: Handshake caps: sockets per worker, and per address until init.
+        self.admission = Admission(settings.max_connections, settings.max_pending_per_address)
         #: Every open connection, initialised or not (the hub holds initialised ones).
         self._open: set[Connection] = set()
         self.shutting_down = False
@@ -107,6 +110,8 @@ class Realtime:
             connection.end_seam([], None)
             raise
         connection.mark_initialised(user_id)
+        if connection.admission is not None:
+            connection.admission.initialised()
         self.broker.presence_changed()
         recovered: bool | None = None
         snapshot = Snapshot([], None)
@@ -143,6 +148,8 @@ class Realtime:
     def detach(self, connection: Connection) -> None:
         """Forget a connection that has closed."""
         self._open.discard(connection)
+        if connection.admission is not None:
+            connection.admission.release()
         self.hub.remove(connection)
         connection.mark_closed()
         if connection.user_id is not None:
