@@ -176,15 +176,31 @@ def window(pid: int, tally: Tally, expected_per_event: int, run: Any) -> dict[st
     }
 
 
+def start_profiler(pid: int, duration: float, output: Path) -> subprocess.Popen:
+    """Sample the worker with py-spy for ``duration`` s into collapsed stacks (``--profile``)."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--duration",
+         str(max(1, int(duration))), "--rate", "250", "--format", "raw", "--nonblocking",
+         "--output", str(output)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
 def saturate(port: int, pid: int, users: list[str], batch: int, publishers: int,
-             duration: float, tally: Tally, first_index: int) -> dict[str, Any]:
+             duration: float, tally: Tally, first_index: int,
+             profile: Path | None = None) -> dict[str, Any]:
     """Closed-loop publishers, as fast as answers come (``batch`` 0: one event per POST)."""
 
     def run() -> None:
         stop_at = time.monotonic() + duration
+        if profile is not None:
+            profiler = start_profiler(pid, duration - 1, profile)
         loops = [gevent.spawn(publish_loop, port, API_KEY, first_index + n, users, batch,
                               stop_at, tally) for n in range(publishers)]
         gevent.joinall(loops, raise_error=True)
+        if profile is not None:
+            profiler.wait(timeout=30)
 
     return window(pid, tally, 1, run)
 
@@ -231,8 +247,9 @@ def run_server(name: str, args: argparse.Namespace) -> dict[str, Any]:
             saturate(server.port, pid, users, batch, args.publishers, 1.0, tally, index)
             tally.reset()
             index += 100
+            profile = (Path(args.profile) / f"{name}-{label}.txt") if args.profile else None
             result[label] = saturate(server.port, pid, users, batch, args.publishers,
-                                     args.duration, tally, index)
+                                     args.duration, tally, index, profile)
             tally.reset()
             index += 100
             logger.info("%s %s: %s", name, label, result[label])
@@ -322,6 +339,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--idle-seconds", type=float, default=30,
                         help="background CPU window (pings come every 25 s)")
     parser.add_argument("--rate", type=float, default=500, help="events/s of the paced part")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="also sample each worker with py-spy while saturated (collapsed "
+                             "stacks in DIR; summarise with python -m bench.profile_top)")
     args = parser.parse_args(argv)
     quiet_generator_gc()
     raise_fd_limit(args.users + args.idle + 1000)
