@@ -9,7 +9,12 @@ from flask import request
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
-from blueprints.schemas import CallStatusAnswerSchema, EventSchema, PublishAnswerSchema
+from blueprints.schemas import (
+    CallStatusAnswerSchema,
+    EventSchema,
+    FieldLoader,
+    PublishAnswerSchema,
+)
 from webapp.brokers.base import BatchInterrupted, BrokerUnavailable, Outcome
 from webapp.config import normalise_email
 from webapp.events import EventDraft, PublishError, format_utc
@@ -23,14 +28,14 @@ blp = Blueprint(
     description="Publish call status changes; read a call's latest status",
 )
 
-_event_schema = EventSchema()
+_event_loader = FieldLoader(EventSchema())
 
 
 def draft_from(item: Any) -> EventDraft:
     """Validate one published object into a draft; raise ``ma.ValidationError``."""
     if not isinstance(item, dict):
         raise ma.ValidationError("each event must be a JSON object")
-    body = _event_schema.load(item)
+    body = _event_loader.load(item)
     user_id = normalise_email(body["userId"]) if body["userId"] is not None else None
     if user_id == "":
         raise ma.ValidationError({"userId": ["must be an email, not blank"]})
