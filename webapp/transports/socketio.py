@@ -36,6 +36,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any
 
 import engineio
@@ -53,6 +54,7 @@ import socketio.packet as sio_packet
 from wsproto.utilities import LocalProtocolError
 
 from webapp import metrics
+from webapp.admission import Refused, Ticket, client_address
 from webapp.client_rules import ClientRules, CloseClient
 from webapp.connection import (
     CLOSE_POLICY,
@@ -82,6 +84,10 @@ EIO_BACKLOG = 16
 #: Ends that must not be retried blindly: socket.io-client stays down after a
 #: server disconnect. Every other end closes the transport, and it reconnects.
 SERVER_DISCONNECT_CODES = frozenset({CLOSE_POLICY, CLOSE_TOKEN_EXPIRED})
+
+#: Environ keys: the admission ticket of a new session, and the client's address.
+ADMISSION_KEY = "callwire.admission"
+ADDRESS_KEY = "callwire.address"
 
 #: What :meth:`EngineWebSocket.wait` returns when Engine.IO queued something to send.
 WAKE = object()
@@ -247,6 +253,8 @@ class CallwireEngineSocket(engineio.socket.Socket):
     """
 
     _ping_timer: Any = None
+    #: This session's place under the handshake caps (``webapp.admission``).
+    admission: Ticket | None = None
 
     def schedule_ping(self) -> None:
         """Ping after ``pingInterval`` from a loop timer, not a sleeping greenlet per socket."""
@@ -273,6 +281,8 @@ class CallwireEngineSocket(engineio.socket.Socket):
             timer.stop()
             self._ping_timer = None
         super().close(wait=False, abort=abort, reason=reason)
+        if self.admission is not None:
+            self.admission.release()
 
     def handle_post_request(self, environ: dict[str, Any]) -> None:
         """Read a long-polling POST body; a body that is not a payload is a 400."""
@@ -361,12 +371,10 @@ class CallwireEngineSocket(engineio.socket.Socket):
 class CallwireEngineIO(engineio.Server):
     """python-engineio's server with Callwire's socket class, driver and request guard."""
 
-    def __init__(
-        self, *, write_timeout: float, shutting_down: Callable[[], bool], **options: Any
-    ) -> None:
+    def __init__(self, *, node: Realtime, **options: Any) -> None:
         super().__init__(**options)
-        self.write_timeout = write_timeout
-        self._shutting_down = shutting_down
+        self.node = node
+        self.write_timeout = node.settings.write_timeout
         self._async = {**self._async, "websocket": EngineWebSocket, "queue": NotifyingQueue}
 
     def _trigger_event(self, event: str, *args: Any, **kwargs: Any) -> Any:
@@ -375,14 +383,21 @@ class CallwireEngineIO(engineio.Server):
             sock = self.sockets.get(args[0])
             if type(sock) is engineio.socket.Socket:
                 sock.__class__ = CallwireEngineSocket
+                sock.admission = args[1].pop(ADMISSION_KEY, None)
         return super()._trigger_event(event, *args, **kwargs)
 
     def handle_request(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        """Serve one Engine.IO request; refuse deflate, new sessions while stopping, and garbage."""
+        """Serve one Engine.IO request; refuse deflate, new sessions over the caps, and garbage.
+
+        A new session (no ``sid``) is admitted under the same handshake caps as
+        a raw WebSocket (``webapp.admission``): 503 when the worker is full or
+        stopping, 429 when its address has too many sockets waiting for init.
+        """
         environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
-        if self._shutting_down() and "sid=" not in environ.get("QUERY_STRING", ""):
-            start_response("503 SERVICE UNAVAILABLE", [("Content-Type", "text/plain")])
-            return [b'"Server restarting"']
+        if "sid=" not in environ.get("QUERY_STRING", ""):
+            refusal = self._admit(environ)
+            if refusal is not None:
+                return _refuse(start_response, *refusal)
         try:
             return super().handle_request(environ, start_response)
         except (StopIteration, ConnectionError):
@@ -394,6 +409,31 @@ class CallwireEngineIO(engineio.Server):
             )
             start_response("400 BAD REQUEST", [("Content-Type", "text/plain")], sys.exc_info())
             return [b'"Bad Request"']
+        finally:
+            # A session that was never created gives its place back at once.
+            ticket = environ.pop(ADMISSION_KEY, None)
+            if ticket is not None:
+                ticket.release()
+
+    def _admit(self, environ: dict[str, Any]) -> tuple[int, str, int] | None:
+        node = self.node
+        if node.shutting_down:
+            return 503, "Server restarting", 1
+        address = client_address(environ, node.settings.forwarded_for_hops)
+        environ[ADDRESS_KEY] = address
+        try:
+            environ[ADMISSION_KEY] = node.admission.admit(address)
+        except Refused as refusal:
+            return refusal.status, refusal.message, refusal.retry_after
+        return None
+
+
+def _refuse(start_response: Any, status: int, message: str, retry_after: int) -> list[bytes]:
+    start_response(
+        f"{status} {HTTPStatus(status).phrase.upper()}",
+        [("Content-Type", "application/json"), ("Retry-After", str(retry_after))],
+    )
+    return [json.dumps({"success": False, "message": message}).encode()]
 
 
 # -- Socket.IO ------------------------------------------------------------------
@@ -473,8 +513,7 @@ class SocketIOLayer(socketio.Server):
             max_http_buffer_size=settings.max_message_bytes,
             logger=library_logger,
             engineio_logger=library_logger,
-            write_timeout=settings.write_timeout,
-            shutting_down=lambda: node.shutting_down,
+            node=node,
         )
         self.node = node
         self.connections: dict[str, SocketIOConnection] = {}
@@ -498,7 +537,7 @@ class SocketIOLayer(socketio.Server):
     def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
         # The library keeps the environ for the client's whole life; keep only
         # what we read (the full one holds the request and its socket).
-        kept = {k: environ[k] for k in ("REMOTE_ADDR", "HTTP_X_FORWARDED_FOR") if k in environ}
+        kept = {k: environ[k] for k in ("REMOTE_ADDR", ADDRESS_KEY) if k in environ}
         super()._handle_eio_connect(eio_sid, kept)
 
     def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
@@ -565,14 +604,18 @@ class SocketIOLayer(socketio.Server):
     def _on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
         node = self.node
         eio_sid = self.manager.eio_sid_from_sid(sid, "/")
+        eio_socket = self.eio._get_socket(eio_sid)
         connection = SocketIOConnection(
             self,
             sid,
-            self.eio._get_socket(eio_sid),
+            eio_socket,
             send_queue=node.settings.send_queue,
             write_timeout=node.settings.write_timeout,
-            remote=environ.get("HTTP_X_FORWARDED_FOR") or environ.get("REMOTE_ADDR", ""),
+            remote=environ.get(ADDRESS_KEY) or environ.get("REMOTE_ADDR", ""),
         )
+        # The session's place under the handshake caps: init frees it from the
+        # per-address count, the end of the connection (or session) gives it back.
+        connection.admission = getattr(eio_socket, "admission", None)
         self.connections[sid] = connection
         node.opened(connection)
         logger.info("connection %s opened from %s (socket.io %s)",
