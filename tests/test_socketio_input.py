@@ -149,3 +149,15 @@ def test_garbage_over_websocket(server, log_since):
     garbage.shutdown()
     assert "Traceback" not in log_since()
     assert_still_serving(server)
+
+
+def test_new_sessions_meet_the_handshake_caps(server_factory):
+    live = server_factory({"WS_MAX_PENDING_PER_ADDRESS": "2"}, name="socketio-caps")
+    waiting = [Polling(live.http), Polling(live.http)]  # two sessions without init yet
+    refused = requests.get(f"{live.http}/socket.io/?EIO=4&transport=polling", timeout=5)
+    assert refused.status_code == 429
+    assert refused.headers["Retry-After"] == "2"
+    assert refused.json()["message"].startswith("Too many connections waiting for init")
+    waiting[0].join(new_user("caps"))  # an init frees its place in the per-address count
+    admitted = Polling(live.http)
+    admitted.join(new_user("caps2"))
