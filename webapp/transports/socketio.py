@@ -451,10 +451,11 @@ class SocketIOConnection(Connection):
         eio_socket: engineio.socket.Socket,
         *,
         send_queue: int,
+        send_queue_bytes: int,
         write_timeout: float,
         remote: str = "",
     ) -> None:
-        super().__init__(send_queue=send_queue, remote=remote)
+        super().__init__(send_queue=send_queue, send_queue_bytes=send_queue_bytes, remote=remote)
         self.layer = layer
         self.sid = sid
         self.eio_socket = eio_socket
@@ -610,6 +611,7 @@ class SocketIOLayer(socketio.Server):
             sid,
             eio_socket,
             send_queue=node.settings.send_queue,
+            send_queue_bytes=node.settings.send_queue_bytes,
             write_timeout=node.settings.write_timeout,
             remote=environ.get(ADDRESS_KEY) or environ.get("REMOTE_ADDR", ""),
         )
