@@ -12,7 +12,7 @@ from webapp.realtime import realtime
 
 bp = Blueprint("pages", __name__)
 
-#: Close codes of SPEC §3, shown on the page: (code, meaning, what a client should do).
+#: Close codes of docs/protocol.md §5, shown on the page: (code, meaning, what a client should do).
 CLOSE_CODES: tuple[tuple[int, str, str], ...] = (
     (1000, "normal close", "stop"),
     (1008, "policy: authentication failed, init timeout, too many connections",

@@ -1,7 +1,7 @@
 """The WebSocket endpoint at ``/`` (the seed's URL) and ``/ws``.
 
 Before flask-sock performs the handshake, a hook checks the Origin, removes
-the permessage-deflate offer (141 KiB per connection, STACK-NOTES) and wraps
+the permessage-deflate offer (141 KiB per connection, docs/stack-notes.md) and wraps
 the raw socket so every write is whole and bounded in time.
 """
 

@@ -176,7 +176,7 @@ class Session:
         if current is not None:
             if current != user_id:
                 raise ProtocolError(f"Already initialised as another user ({current})")
-            # A repeated init changes nothing (SPEC §3): same registration, no
+            # A repeated init changes nothing (docs/protocol.md): same registration, no
             # replay, same token deadline (auth refreshes it); only connected again.
             again: dict[str, Any] = {}
             if self.connection.token_expires_at is not None:

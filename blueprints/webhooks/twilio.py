@@ -1,4 +1,4 @@
-"""Twilio voice status callbacks in, call status events out (SPEC §4).
+"""Twilio voice status callbacks in, call status events out (docs/protocol.md §6).
 
 Point a call's ``statusCallback`` here, with ``?userId=<owner email>`` on the
 URL (Twilio signs the query string too). Twilio sends one form-encoded
