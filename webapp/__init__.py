@@ -6,12 +6,12 @@ overrides), the broker, the token verifier, then the blueprints.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping
 
 from flask import Flask
 
+from webapp import logs, metrics
 from webapp.auth import TokenVerifier
 from webapp.brokers import create_broker
 from webapp.config import load_settings
@@ -22,20 +22,19 @@ from webapp.realtime import Realtime
 __all__ = ["create_app"]
 
 
-def configure_logging() -> None:
-    """Send log lines to stderr once (gunicorn captures it), unless already set up."""
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(
-            level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-            format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
-        )
-
-
 def create_app(overrides: Mapping[str, str] | None = None) -> Flask:
-    """Build a Callwire app; ``overrides`` use the environment variable names of SPEC §2."""
-    configure_logging()
+    """Build a Callwire app; ``overrides`` use the environment variable names (README)."""
     settings = load_settings(overrides)
+    logs.configure(
+        settings.log_level,
+        settings.log_format,
+        secrets=(
+            settings.events_api_key,
+            settings.vapi_webhook_secret,
+            settings.twilio_auth_token,
+            settings.redis_url,
+        ),
+    )
     if settings.development:
         # firebase-admin reads its emulator switch from the process environment.
         os.environ.setdefault("FIREBASE_AUTH_EMULATOR_HOST", settings.emulator_host or "")
@@ -62,6 +61,7 @@ def create_app(overrides: Mapping[str, str] | None = None) -> Flask:
     app.extensions["callwire"] = Realtime(
         settings, create_broker(settings), TokenVerifier(settings.project_id)
     )
+    metrics.watch_broker(app.extensions["callwire"].broker.is_ready)
 
     # Imported here: the blueprints depend on webapp, never the other way round.
     from blueprints import call_events, dev, docs_assets, health, pages, webhooks, websocket_api, ws
@@ -88,6 +88,8 @@ def create_app(overrides: Mapping[str, str] | None = None) -> Flask:
     app.register_blueprint(ws.bp)
     ws.sock.init_app(app)
     app.register_error_handler(Exception, handle_unexpected)
+
+    app.wsgi_app = logs.RequestContext(app.wsgi_app)  # type: ignore[method-assign]
 
     settings.log_summary()
     return app
