@@ -14,7 +14,7 @@ from typing import Any
 
 from flask import current_app
 
-from webapp import metrics
+from webapp import logs, metrics
 from webapp.auth import TokenVerifier
 from webapp.brokers.base import Broker, BrokerUnavailable, ConnectionInfo, Snapshot
 from webapp.config import Settings
@@ -78,6 +78,9 @@ class Realtime:
         except PublishError:
             metrics.EVENTS_IN.labels(source, "refused").inc()
             raise
+        except BrokerUnavailable:
+            metrics.EVENTS_IN.labels(source, "unavailable").inc()
+            raise
         metrics.EVENTS_IN.labels(source, result.dropped or "accepted").inc()
         return result
 
@@ -104,10 +107,12 @@ class Realtime:
             connection.end_seam([], None)
             raise
         connection.mark_initialised(user_id)
+        logs.bind(user=user_id)
         self.broker.presence_changed()
         recovered: bool | None = None
         snapshot = Snapshot([], None)
         events: list[dict[str, Any]] = []
+        replay = None
         try:
             if last_event_id is not None:
                 replay = self.broker.history_since(user_id, last_event_id)
@@ -123,6 +128,11 @@ class Realtime:
             events, latest = [], last_event_id
         if recovered is not None:
             extra["recovered"] = recovered
+        if last_event_id is not None:
+            metrics.RESUMES.labels(
+                "broker_unavailable" if replay is None
+                else "recovered" if recovered else "not_recovered"
+            ).inc()
         connection.send(encode(connected(user_id, **extra)))
         frames = [(encode(m), m["id"], m["callId"]) for m in events]
         connection.end_seam(frames, latest)
@@ -134,6 +144,8 @@ class Realtime:
     def opened(self, connection: Connection) -> None:
         """Track a new connection so shutdown can close it even before init."""
         self._open.add(connection)
+        logs.bind(connection_id=connection.id, transport=connection.transport_name)
+        metrics.CONNECTIONS_OPENED.labels(connection.transport_name).inc()
 
     def detach(self, connection: Connection) -> None:
         """Forget a connection that has closed."""
