@@ -19,6 +19,13 @@ from tests.support.net import free_port, wait_for_port
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 
+#: Settings that are secrets: no log may ever contain their values.
+SECRET_SETTINGS = ("EVENTS_API_KEY", "VAPI_WEBHOOK_SECRET", "TWILIO_AUTH_TOKEN")
+#: Every secret value and log file of the servers this session started
+#: (checked at the end of the session by tests/conftest.py).
+SECRETS_USED: set[str] = set()
+LOGS_WRITTEN: list[Path] = []
+
 #: Settings every test server gets unless a test overrides them.
 BASE_ENV = {
     "FIREBASE_AUTH_EMULATOR_HOST": "127.0.0.1:9099",
@@ -110,6 +117,8 @@ def start_server(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    LOGS_WRITTEN.append(log_path)
+    SECRETS_USED.update(env[name] for name in SECRET_SETTINGS if env.get(name))
     server = LiveServer(port, env, process, log_path, env.get("EVENTS_API_KEY", ""))
     if wait:
         try:
