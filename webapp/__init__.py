@@ -49,7 +49,7 @@ def create_app(overrides: Mapping[str, str] | None = None) -> Flask:
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="/docs",
         OPENAPI_SWAGGER_UI_URL="/docs/assets/",
-        OPENAPI_SWAGGER_UI_CONFIG={"validatorUrl": None},
+        OPENAPI_SWAGGER_UI_CONFIG={"validatorUrl": None, "persistAuthorization": True},
         SOCK_SERVER_OPTIONS={
             "ping_interval": settings.ping_interval,
             "max_message_size": settings.max_message_bytes,
@@ -84,13 +84,16 @@ def create_app(overrides: Mapping[str, str] | None = None) -> Flask:
     api.spec.components.security_scheme(
         "apiKeyAuth", {"type": "apiKey", "in": "header", "name": "X-API-Key"}
     )
+    if settings.development:
+        api.register_blueprint(dev.blp)  # listed in /docs under its own tag, first
+    else:
+        app.register_blueprint(dev.off)  # every /dev URL: a JSON 404
     api.register_blueprint(websocket_api.blp)
     api.register_blueprint(call_events.blp)
     webhooks.register(api)
     app.register_blueprint(health.bp)
     app.register_blueprint(docs_assets.bp)
     app.register_blueprint(pages.bp)
-    app.register_blueprint(dev.bp)
     app.register_blueprint(ws.bp)
     ws.sock.init_app(app)
     app.register_error_handler(Exception, handle_unexpected)

@@ -174,7 +174,13 @@ class TwilioWebhook(MethodView):
         requestBody={
             "required": True,
             "content": {
-                "application/x-www-form-urlencoded": {"schema": TwilioStatusCallbackSchema}
+                "application/x-www-form-urlencoded": {
+                    "schema": TwilioStatusCallbackSchema,
+                    # Sign it as Twilio would (docs/webhooks.md), with ?userId=you@example.com.
+                    "example": {"CallSid": "CA-example-1", "CallStatus": "ringing",
+                                "SequenceNumber": "1", "Direction": "outbound-api",
+                                "From": "+15550199", "To": "+15550100"},
+                }
             },
         },
     )

@@ -270,7 +270,19 @@ class VapiWebhook(MethodView):
         security=[{"vapiSecret": []}, {"vapiBearer": []}],
         requestBody={
             "required": True,
-            "content": {"application/json": {"schema": VapiServerMessageSchema}},
+            "content": {"application/json": {
+                "schema": VapiServerMessageSchema,
+                "example": {"message": {
+                    "type": "status-update",
+                    "status": "in-progress",
+                    "call": {
+                        "id": "vapi-call-1",
+                        "assistantId": "demo-assistant",
+                        "customer": {"number": "+15550100"},
+                        "metadata": {"userId": "you@example.com"},
+                    },
+                }},
+            }},
         },
     )
     @blp.response(200, WebhookAnswerSchema)
