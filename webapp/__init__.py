@@ -15,7 +15,7 @@ from webapp import logs, metrics
 from webapp.auth import TokenVerifier
 from webapp.bodies import CloseConnectionAfter
 from webapp.brokers import create_broker
-from webapp.config import load_settings
+from webapp.config import MAKE_RUN_DEFAULTS, load_settings
 from webapp.connection import InlineReader
 from webapp.errors import CallwireApi, handle_unexpected
 from webapp.realtime import Realtime
@@ -29,12 +29,12 @@ def create_app(overrides: Mapping[str, str] | None = None) -> Flask:
     logs.configure(
         settings.log_level,
         settings.log_format,
-        secrets=(
-            settings.events_api_key,
-            settings.vapi_webhook_secret,
-            settings.twilio_auth_token,
-            settings.redis_url,
-        ),
+        # make run's defaults are public (README), and the start-up log names them.
+        secrets=[
+            value for value in (settings.events_api_key, settings.vapi_webhook_secret,
+                                settings.twilio_auth_token, settings.redis_url)
+            if value not in MAKE_RUN_DEFAULTS.values()
+        ],
     )
     if settings.development:
         # firebase-admin reads its emulator switch from the process environment.
