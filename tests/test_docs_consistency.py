@@ -22,8 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SET_BY_HEROKU = {"PORT", "REDIS_URL"}
 #: Development only: a production app must never have it.
 DEVELOPMENT_ONLY = {"FIREBASE_AUTH_EMULATOR_HOST"}
-#: Read as another name for a documented variable (named in its row's meaning).
-ALIASES = {"GOOGLE_CLOUD_PROJECT": "FIREBASE_PROJECT_ID"}
+#: Read but not set by an operator: another name for a documented variable, or
+#: set by the platform; each is named in the meaning of that variable's row.
+ALIASES = {"GOOGLE_CLOUD_PROJECT": "FIREBASE_PROJECT_ID", "DYNO": "FORWARDED_FOR_HOPS"}
 
 
 class _Recorder(dict):
