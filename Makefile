@@ -12,11 +12,18 @@ DEV_ENV := FIREBASE_AUTH_EMULATOR_HOST=$${FIREBASE_AUTH_EMULATOR_HOST:-127.0.0.1
 
 .PHONY: install run test lint bench clean
 
+# `make run` installs only what running needs; `make test` adds the test tools.
+$(BIN)/.installed-run: requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
 $(BIN)/.installed: requirements.txt requirements-dev.txt
-	$(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements-dev.txt
-	touch $@
+	touch $@ $(BIN)/.installed-run
 
 # The official socket.io-client, pinned by package-lock.json: served to browsers
 # by the app (/static/vendor/socket.io.min.js) and driven from Node by the tests.
@@ -26,7 +33,7 @@ node_modules/.installed: package.json package-lock.json
 
 install: $(BIN)/.installed node_modules/.installed
 
-run: install
+run: $(BIN)/.installed-run
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(DEV_ENV) sh -c "exec $$(sed -n 's/^web: //p' Procfile)"
 
 test: install
