@@ -1,4 +1,4 @@
-"""Measure Socket.IO long-polling against several gunicorn workers (SPEC §8).
+"""Measure Socket.IO long-polling against several gunicorn workers (docs/protocol.md §9).
 
 Long-polling is a series of HTTP requests that must all reach the worker
 holding the session; gunicorn hands each new TCP connection to whichever

@@ -1,4 +1,4 @@
-"""The demo page over Socket.IO in real Chromium (SPEC §8): callwire-socketio.js and the
+"""The demo page over Socket.IO in real Chromium (docs/protocol.md §9): callwire-socketio.js and the
 official socket.io-client bundle served by the app from the pinned npm package."""
 
 from __future__ import annotations

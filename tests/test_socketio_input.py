@@ -1,4 +1,4 @@
-"""Garbage Engine.IO and Socket.IO packets (SPEC §8): clean errors, no traceback, no 500.
+"""Garbage Engine.IO and Socket.IO packets (docs/protocol.md §9): clean errors, never a 500.
 
 Raw HTTP long-polling requests and a raw WebSocket speak the wire format by
 hand, so every malformed shape can be sent; after each, the server must still

@@ -1,4 +1,4 @@
-"""Socket.IO with Redis (SPEC §8): a restart the client survives, and several workers."""
+"""Socket.IO with Redis (docs/protocol.md §9): a restart the client survives; two workers."""
 
 from __future__ import annotations
 

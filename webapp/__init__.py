@@ -95,13 +95,13 @@ def create_app(overrides: Mapping[str, str] | None = None) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(docs_assets.bp)
     app.register_blueprint(pages.bp)
-    from blueprints import vendor  # the socket.io-client bundle (SPEC §8)
+    from blueprints import vendor  # the socket.io-client bundle (docs/protocol.md §9)
 
     app.register_blueprint(vendor.bp)
     app.register_blueprint(ws.bp)
     ws.sock.init_app(app)
     app.register_error_handler(Exception, handle_unexpected)
-    # Socket.IO (SPEC §8) around the whole app: /socket.io/ goes to it, the rest to Flask.
+    # Socket.IO (docs/protocol.md §9) around the app: /socket.io/ to it, the rest to Flask.
     layer = SocketIOLayer(app.extensions["callwire"])
     app.extensions["callwire.socketio"] = layer
     app.wsgi_app = layer.wsgi_app(app.wsgi_app)

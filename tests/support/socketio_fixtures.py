@@ -1,4 +1,4 @@
-"""Fixtures and helpers shared by the Socket.IO tests (SPEC §8)."""
+"""Fixtures and helpers shared by the Socket.IO tests (docs/protocol.md §9)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 /*
- * callwire-socketio.js: the Socket.IO companion of callwire.js (SPEC section 8).
+ * callwire-socketio.js: the Socket.IO companion of callwire.js (docs/protocol.md section 9).
  *
  * Needs the official socket.io-client browser bundle loaded first (the app
  * serves the pinned npm package at /vendor/socket.io.min.js) and callwire.js

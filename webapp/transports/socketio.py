@@ -1,4 +1,4 @@
-"""The Socket.IO layer (SPEC §8): socket.io-client frontends on the same hub.
+"""The Socket.IO layer (docs/protocol.md §9): socket.io-client frontends on the same hub.
 
 Socket.IO v5 over Engine.IO v4 at ``/socket.io/``, built on python-socketio /
 python-engineio in gevent mode and mounted around the Flask app's
@@ -7,7 +7,7 @@ python-engineio in gevent mode and mounted around the Flask app's
 in the hub (same queue bound, seam and dedup as the raw path) and meets the
 rules of ``webapp.client_rules`` (identify, refresh, deadlines).
 
-Where the libraries fall short of SPEC §8, this module fixes it at our seam:
+Where the libraries fall short of docs/protocol.md §9, this module fixes it at our seam:
 
 - the WebSocket transport (``_async['websocket']``) strips nothing itself but
   :meth:`CallwireEngineIO.handle_request` removes the permessage-deflate offer
@@ -22,7 +22,7 @@ Where the libraries fall short of SPEC §8, this module fixes it at our seam:
 - garbage from clients (bad polling bodies, undecodable packets, binary
   attachments, events that are not ``[name, ...]``) gets a 400, an ``error``
   event or a closed transport, never a traceback or a 500;
-- Socket.IO has no close codes, so each end is rendered as SPEC §8 says: an
+- Socket.IO has no close codes, so each end is rendered as docs/protocol.md §9 says: an
   ``error`` event, then a server disconnect (authentication, limits, token
   expiry: socket.io-client stays down) or a closed transport (shutdown, slow
   consumer, internal error: it reconnects by itself and resumes).
@@ -73,7 +73,7 @@ logger = logging.getLogger(__name__)
 #: Where socket.io-client looks by default.
 PATH = "socket.io"
 
-#: Engine.IO's pingTimeout (SPEC §8): with the 25 s interval, a silent client
+#: Engine.IO's pingTimeout (docs/protocol.md §9): with the 25 s interval, a silent client
 #: is dropped within 45 s, inside Heroku's 55 s idle limit.
 PING_TIMEOUT = 20
 
@@ -164,6 +164,9 @@ class EngineWebSocket:
         )
         try:
             self.handler(self)
+        except Exception:
+            # The 101 is sent: no HTTP answer is possible any more, only a log line.
+            logger.exception("engine.io WebSocket failed")
         finally:
             self._release()
         # As the library's driver does: the response was the handshake.
@@ -360,7 +363,7 @@ class CallwireEngineSocket(engineio.socket.Socket):
             except Exception as failure:  # noqa: BLE001 - any write failure ends the transport
                 # Mostly a peer that stopped reading (WS_WRITE_TIMEOUT): the client
                 # sees the transport close, reconnects and resumes.
-                metrics.SLOW_CLIENTS_DROPPED.inc()
+                metrics.SLOW_CLIENTS_DROPPED.labels("write_failed").inc()
                 logger.warning("engine.io %s too slow: write failed (%s), closing the transport",
                                self.sid, failure or type(failure).__name__)
                 return False
