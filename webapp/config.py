@@ -90,6 +90,9 @@ class Settings:
     max_connections_per_user: int = 20
     send_queue: int = 1000
     write_timeout: float = 10.0
+    redis_max_connections: int = 50
+    redis_pool_wait: float = 5.0
+    redis_timeout: float = 2.0
 
     @property
     def development(self) -> bool:
@@ -119,6 +122,7 @@ class Settings:
             "WS_MAX_MESSAGE_BYTES": ("max_message_bytes", 64),
             "WS_MAX_CONNECTIONS_PER_USER": ("max_connections_per_user", 1),
             "WS_SEND_QUEUE": ("send_queue", 1),
+            "REDIS_MAX_CONNECTIONS": ("redis_max_connections", 4),
         }
         for name, (attr, minimum) in ints.items():
             if (raw := get(name)) is not None:
@@ -127,6 +131,8 @@ class Settings:
             "WS_PING_INTERVAL": ("ping_interval", 0.1),
             "WS_INIT_TIMEOUT": ("init_timeout", 0.1),
             "WS_WRITE_TIMEOUT": ("write_timeout", 0.1),
+            "REDIS_POOL_WAIT": ("redis_pool_wait", 0.1),
+            "REDIS_TIMEOUT": ("redis_timeout", 0.1),
         }
         for name, (attr, minimum) in floats.items():
             if (raw := get(name)) is not None:

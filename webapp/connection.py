@@ -43,6 +43,8 @@ CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
 CLOSE_RESTART = 1012
+#: Try again later: the server cannot serve this now (broker unreachable or busy).
+CLOSE_TRY_AGAIN = 1013
 CLOSE_TOKEN_EXPIRED = 4001
 CLOSE_TOO_SLOW = 4008
 

@@ -14,12 +14,14 @@ from typing import Any
 from simple_websocket import ConnectionClosed
 
 from webapp.auth import AuthError, Identity, VerifierUnavailable
+from webapp.brokers.base import BrokerUnavailable
 from webapp.config import normalise_email
 from webapp.connection import (
     CLOSE_INTERNAL,
     CLOSE_POLICY,
     CLOSE_RESTART,
     CLOSE_TOKEN_EXPIRED,
+    CLOSE_TRY_AGAIN,
     WAKE,
     WebSocketConnection,
 )
@@ -187,6 +189,11 @@ class Session:
             self.node.attach(self.connection, user_id, last_event_id or None, **extra)
         except TooManyConnections as refusal:
             raise _Close(CLOSE_POLICY, str(refusal)) from None
+        except BrokerUnavailable:
+            # Not the client's fault: 1013 tells it to retry (with backoff) and resume.
+            raise _Close(
+                CLOSE_TRY_AGAIN, "Service unavailable: history cannot be read, retry shortly"
+            ) from None
         if identity is not None:
             self.connection.token_expires_at = identity.expires_at
 

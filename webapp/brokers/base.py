@@ -19,6 +19,10 @@ class BrokerUnavailable(Exception):
     """The broker's backing store cannot be reached right now; retry later."""
 
 
+class BrokerBusy(BrokerUnavailable):
+    """The store is reachable but this process could not get a turn in time; retry later."""
+
+
 @dataclass(frozen=True)
 class Replay:
     """Events newer than a client's ``lastEventId``, oldest first."""
