@@ -7,8 +7,10 @@ configuration, gc tuning after fork, and closing sockets with 1012 on SIGTERM.
 
 import gc
 import importlib.util
+import logging
 import os
 import signal
+import socket
 import sys
 
 # A WebSocket holds a worker connection for its whole life: gunicorn's default
@@ -62,14 +64,64 @@ def post_worker_init(worker):
     # idle connection and a stack capture per delivery (bench/README.md).
     gevent.config.track_greenlet_tree = False
 
+    listeners = track_listeners()
     previous = signal.getsignal(signal.SIGTERM)
 
     def on_sigterm(signum, frame):
-        gevent.spawn(node.shutdown)
+        gevent.spawn(stop_accepting_then_close, listeners, node)
         if callable(previous):
             previous(signum, frame)
 
     signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def track_listeners():
+    """Return the list the gevent worker's accepting servers will be recorded in.
+
+    gunicorn's gevent worker builds its ``StreamServer``s inside ``run()``
+    (after this hook) and stops them only on its next one-second tick after
+    SIGTERM; meanwhile the kernel keeps queueing reconnects for a worker that
+    is going away, and resets them when it exits (issue 12). Recording the
+    servers lets the SIGTERM handler stop them at once.
+    """
+    from gunicorn.workers import ggevent
+
+    listeners = []
+    base = ggevent.StreamServer
+
+    class TrackedStreamServer(base):
+        def start(self):
+            super().start()
+            listeners.append(self)
+
+    ggevent.StreamServer = TrackedStreamServer
+    return listeners
+
+
+def stop_accepting_then_close(listeners, node):
+    """On SIGTERM: stop listening at once, then ask every socket to close with 1012.
+
+    The listening socket is shut down, not closed: the kernel stops
+    listening (a reconnect is refused and retried against the next server,
+    which can bind the port at once thanks to SO_REUSEADDR), while the
+    socket object stays valid for the connections accepted just before,
+    whose handlers still ask it for its name (closing it here made each of
+    them log ``OSError: [Errno 9] Bad file descriptor``). The master closes
+    its own copy of the listener on SIGTERM (``Arbiter.stop``); gunicorn's
+    own tick closes the worker's a moment later.
+    """
+    for server in listeners:
+        if not server.started:
+            continue  # stopped already (SIGTERM comes from Heroku and from the master)
+        try:
+            # What BaseServer.close() does, minus closing the socket: no restart
+            # of the accept watcher from then on (gevent has no public call for it).
+            server._stop_event.set()
+            server.stop_accepting()
+            server.socket.shutdown(socket.SHUT_RD)
+        except Exception:  # noqa: BLE001 - every listener must be stopped
+            logging.getLogger("callwire.shutdown").exception("stopping %s failed", server)
+    node.shutdown()
 
 
 #: How often the worker moves what survived the young collections out of the collector's sight.
