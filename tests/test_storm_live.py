@@ -8,14 +8,17 @@ group, and a new server started at once on the same port.
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
 from bench.storm import run_storm
-from tests.support.rawws import RawWebSocket
+from tests.support.rawws import OP_TEXT, RawWebSocket, close_code
 from tests.support.server import start_server
 from tests.support.tokens import emulator_token
 from tests.support.tools import require_tool
@@ -54,6 +57,33 @@ def test_a_stopping_server_refuses_new_connections_at_once_and_frees_the_port(se
         stubborn.close()
     assert live.process.wait(timeout=15) == 0
     assert "Traceback" not in live.log()
+
+
+def test_an_init_sent_in_time_is_served_when_the_server_gets_to_it_late(server_factory):
+    """A busy server that wakes a socket after its init deadline reads what the client
+    sent in time before it counts the deadline: 1008 is for clients, not for load."""
+    live = server_factory({"WS_INIT_TIMEOUT": "1"}, name="late-init")
+    master = live.process.pid
+    worker = int(Path(f"/proc/{master}/task/{master}/children").read_text().split()[0])
+    clients = [RawWebSocket(live.port) for _ in range(20)]
+    try:
+        os.kill(worker, signal.SIGSTOP)  # the worker is busy elsewhere for 2 s
+        try:
+            for n, client in enumerate(clients):
+                email = f"late-{n}@example.com"
+                client.send_json({"type": "init", "payload": {"token": emulator_token(email)}})
+            time.sleep(2)
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        answers = []
+        for client in clients:
+            opcode, payload = client.read_frame()
+            answers.append(json.loads(payload).get("type") if opcode == OP_TEXT
+                           else f"close {close_code(payload)}")
+    finally:
+        for client in clients:
+            client.close()
+    assert answers == ["connected"] * len(clients)
 
 
 def test_a_deploy_storm_loses_nothing_and_everyone_comes_back(tmp_path):

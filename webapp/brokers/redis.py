@@ -109,6 +109,8 @@ logger = logging.getLogger(__name__)
 KEY_PREFIX = "callwire:"
 CHANNEL = KEY_PREFIX + "events"
 WORKERS_KEY = KEY_PREFIX + "workers"
+#: Written by the readiness check after Redis refused a write (maxmemory).
+READY_PROBE_KEY = KEY_PREFIX + "ready-probe"
 
 #: A dead Redis must never hold a request for long.
 CONNECT_TIMEOUT_SECONDS = 1.0
@@ -306,6 +308,8 @@ class RedisBroker(Broker):
         self._listening = False
         self._reachable = True
         self._busy_logged_at = -BUSY_LOG_SECONDS
+        #: Redis answered but refused a write (maxmemory reached, read-only replica).
+        self._writes_refused = False
         #: Wall-clock time of the listener's last sign of life (recovery floor).
         self._alive_at = time.time()
 
@@ -367,6 +371,7 @@ class RedisBroker(Broker):
         ]
         with self._available("publish"):
             reply = self._publish_script(keys=[_call_key(draft.call_id), WORKERS_KEY], args=args)
+        self._writes_refused = False
         kind = _text(reply[0])
         if kind == "accept":
             event_id = _text(reply[1])
@@ -465,6 +470,10 @@ class RedisBroker(Broker):
         if self._node is not None and not self._listening:
             return False
         try:
+            if self._writes_refused:
+                # PING answers on a full Redis too: only a write tells the truth.
+                self._redis.set(READY_PROBE_KEY, "1", ex=PRESENCE_TTL_SECONDS)
+                self._writes_refused = False
             return bool(self._redis.ping())
         except PoolExhausted:
             # Busy, not down: every connection is serving a command right now.
@@ -633,6 +642,8 @@ class RedisBroker(Broker):
                 logger.warning("redis busy during %s: %s", operation, error)
             raise BrokerBusy(f"Redis busy: {error}") from error
         except _UNAVAILABLE as error:
+            if isinstance(error, (OutOfMemoryError, ReadOnlyError)):
+                self._writes_refused = True
             if self._reachable:
                 self._reachable = False
                 logger.warning("redis unavailable during %s: %s", operation,
