@@ -22,6 +22,10 @@ timeout = 30
 # An idle HTTP keep-alive connection holds a stopping worker this long: keep it short.
 keepalive = 2
 control_socket_disable = True
+# Reconnect storms queue thousands of connections while the worker admits them
+# at the pace it can initialise them (admit_at_the_pace_of_inits); the kernel
+# caps this at net.core.somaxconn (4096 by default).
+backlog = 4096
 
 
 def on_starting(server):
@@ -73,6 +77,43 @@ def post_worker_init(worker):
             previous(signum, frame)
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    gevent.spawn(admit_at_the_pace_of_inits, listeners, node)
+
+
+#: Connections accepted but not yet initialised (plus HTTP requests in flight)
+#: at which the worker stops accepting until it has caught up (issue 12).
+ADMISSION_HIGH = 256
+ADMISSION_LOW = 128
+ADMISSION_CHECK_SECONDS = 0.01
+
+
+def admit_at_the_pace_of_inits(listeners, node):
+    """Stop accepting while too many accepted sockets still wait for their init to be served.
+
+    gevent's server accepts up to 100 connections on every turn of the loop,
+    so in a reconnect storm new sockets (handshakes) crowd out the inits of
+    sockets already accepted: a restarted worker accepted 900-1,100
+    connections a second but served 300-370 inits, clients waited 14-25 s
+    for ``connected`` and gave up (issue 12). Pausing the accept while
+    ``ADMISSION_HIGH`` are in progress lets the kernel's listen backlog hold
+    the rest (cheaply) and every accepted socket is served promptly.
+    """
+    import gevent
+
+    paused = False
+    while not node.shutting_down:
+        gevent.sleep(ADMISSION_CHECK_SECONDS)
+        pools = [server.pool for server in listeners if server.pool is not None]
+        in_progress = sum(len(pool) for pool in pools) - node.hub.count()
+        if not paused and in_progress >= ADMISSION_HIGH:
+            paused = True
+            for server in listeners:
+                server.stop_accepting()
+        elif paused and in_progress <= ADMISSION_LOW:
+            paused = False
+            for server in listeners:
+                if server.started:  # not after SIGTERM
+                    server.start_accepting()
 
 
 def track_listeners():

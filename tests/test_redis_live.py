@@ -105,7 +105,8 @@ def wait_healthy(server: LiveServer) -> None:
         with contextlib.suppress(requests.RequestException):
             return requests.get(f"{server.http}/healthz", timeout=1).status_code == 200
         return False
-    wait_until(healthy, f"{server.http} to serve")
+    # Five workers booting at once on a busy shared machine can take 20 s and more.
+    wait_until(healthy, f"{server.http} to serve", timeout=60)
 
 
 @pytest.fixture(scope="module")
