@@ -10,14 +10,23 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections import Counter
 from typing import Any
 
 from flask import current_app
 
 from webapp import metrics
+from webapp.admission import Admission
 from webapp.auth import TokenVerifier
 from webapp.bodies import cut_reads
-from webapp.brokers.base import Broker, BrokerUnavailable, ConnectionInfo, Snapshot
+from webapp.brokers.base import (
+    BatchInterrupted,
+    Broker,
+    BrokerUnavailable,
+    ConnectionInfo,
+    Outcome,
+    Snapshot,
+)
 from webapp.config import Settings
 from webapp.connection import CLOSE_RESTART, Connection
 from webapp.events import EventDraft, PublishError, PublishResult
@@ -35,6 +44,8 @@ class Realtime:
         self.broker = broker
         self.verifier = verifier
         self.hub = Hub(settings.max_connections_per_user)
+        #: Handshake caps: sockets per worker, and per address until init.
+        self.admission = Admission(settings.max_connections, settings.max_pending_per_address)
         #: Every open connection, initialised or not (the hub holds initialised ones).
         self._open: set[Connection] = set()
         self.shutting_down = False
@@ -74,14 +85,25 @@ class Realtime:
 
     def publish(self, draft: EventDraft, source: str) -> PublishResult:
         """Publish one event; raises PublishError or BrokerUnavailable."""
+        outcome = self.publish_batch([draft], source)[0]
+        if isinstance(outcome, PublishError):
+            raise outcome
+        return outcome
+
+    def publish_batch(self, drafts: list[EventDraft], source: str) -> list[Outcome]:
+        """Publish events in order; one outcome (result or refusal) per draft.
+
+        Raises BrokerUnavailable, or BatchInterrupted with the outcomes known
+        when the broker went away part way.
+        """
         self.ensure_started()
         try:
-            result = self.broker.publish(draft)
-        except PublishError:
-            metrics.EVENTS_IN.labels(source, "refused").inc()
+            outcomes = self.broker.publish_batch(drafts)
+        except BatchInterrupted as interruption:
+            _count_events(source, interruption.outcomes)
             raise
-        metrics.EVENTS_IN.labels(source, result.dropped or "accepted").inc()
-        return result
+        _count_events(source, outcomes)
+        return outcomes
 
     def publish_transient(self, user_id: str, message: dict[str, Any]) -> int:
         """Send a live-only message (test messages) to every connection of a user."""
@@ -110,6 +132,8 @@ class Realtime:
             connection.end_seam([], None)
             raise
         connection.mark_initialised(user_id)
+        if connection.admission is not None:
+            connection.admission.initialised()
         self.broker.presence_changed()
         recovered: bool | None = None
         snapshot = Snapshot([], None)
@@ -147,11 +171,22 @@ class Realtime:
     def detach(self, connection: Connection) -> None:
         """Forget a connection that has closed."""
         self._open.discard(connection)
+        if connection.admission is not None:
+            connection.admission.release()
         self.hub.remove(connection)
         connection.mark_closed()
         if connection.user_id is not None:
             self.broker.presence_changed()
 
+
+
+def _count_events(source: str, outcomes: list[Outcome]) -> None:
+    """Count events in by outcome, one metric update per kind of outcome."""
+    counts = Counter(
+        "refused" if isinstance(o, PublishError) else o.dropped or "accepted" for o in outcomes
+    )
+    for outcome, count in counts.items():
+        metrics.EVENTS_IN.labels(source, outcome).inc(count)
 
 
 def realtime() -> Realtime:
