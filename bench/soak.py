@@ -97,7 +97,9 @@ def run(held: int, minutes: float, churn: float, rate: float, every: float, brok
     workdir = tempfile.TemporaryDirectory(prefix="callwire-soak-redis-")
     store = None
     overrides = {"PYTHONPATH": str(TRACE_PATH), "CALLWIRE_BENCH_SOAK_LOG": trace_name,
-                 "CALLWIRE_BENCH_SOAK_EVERY": str(every)}
+                 "CALLWIRE_BENCH_SOAK_EVERY": str(every),
+                 # Every client here comes from 127.0.0.1; real ones come from many addresses.
+                 "WS_MAX_PENDING_PER_ADDRESS": "100000"}
     if broker == "redis":
         store = DurableRedis(Path(workdir.name), extra=["--appendonly", "no"]).start()
         overrides["REDIS_URL"] = store.url

@@ -399,6 +399,8 @@ def run_storm(
     store = _in_thread(DurableRedis(workdir).start)
     port = free_port()
     env = {"REDIS_URL": store.url, "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "INFO"),
+           # Every client here comes from 127.0.0.1; real ones come from many addresses.
+           "WS_MAX_PENDING_PER_ADDRESS": "100000",
            **(server_env or {})}
     meter = PeakMeter()
     old = new = None

@@ -45,7 +45,7 @@ def test_a_stopping_server_refuses_new_connections_at_once_and_frees_the_port(se
                 accepted_after.append(round(time.monotonic() - signalled, 3))
             time.sleep(0.02)
         # gunicorn alone keeps accepting until the worker's next one-second tick.
-        assert all(t < 0.3 for t in accepted_after), f"accepting after SIGTERM: {accepted_after}"
+        assert all(t < 0.5 for t in accepted_after), f"accepting after SIGTERM: {accepted_after}"
         assert live.process.poll() is None, "the old server should still be draining"
         # The next server binds the same port while the old one drains.
         successor = start_server(port=live.port, name="stop-accepting-next")
