@@ -24,7 +24,7 @@ import random
 import struct
 import tempfile
 import time
-from collections import deque
+from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,8 @@ from bench.storm import DurableRedis
 logger = logging.getLogger("bench.soak")
 
 HOST = "127.0.0.1"
+#: Replacements (connect + init) allowed to wait for the server at once.
+MAX_IN_FLIGHT = 200
 TRACE_PATH = Path(__file__).resolve().parent / "soaktrace"
 
 
@@ -59,6 +61,7 @@ class Counters:
         self.open_errors = 0
         self.closed_by_server = 0
         self.published = 0
+        self.replaced = 0
         self.publish_errors: dict[str, int] = {}
 
     def on_text(self, text: str, at: float) -> None:
@@ -130,24 +133,41 @@ def run(held: int, minutes: float, churn: float, rate: float, every: float, brok
                     clients.append((email, job.value))
         logger.info("%d sockets open after %.1f s", len(clients), time.monotonic() - started)
 
+        in_flight = [0]
+        skipped = [0]
+
         def churner() -> None:
+            """Replace the oldest socket by a new user, ``churn`` times a second.
+
+            The oldest is dropped once its replacement is connected, so the
+            held count never dips; when the server cannot keep up, at most
+            MAX_IN_FLIGHT replacements wait and the ticks beyond are skipped
+            (counted: the churn achieved is reported, not assumed).
+            """
             n = 0
             t0 = time.monotonic()
             while True:
                 n += 1
                 gevent.sleep(max(0.0, t0 + n / churn - time.monotonic()))
-                if clients:
-                    _, oldest = clients.popleft()
-                    if not oldest.alive:
-                        counters.closed_by_server += 1
-                    drop(oldest, reset=n % 2 == 0)
-                email = new_email()
-                gevent.spawn(lambda e=email: _replace(e))
+                if in_flight[0] >= MAX_IN_FLIGHT:
+                    skipped[0] += 1
+                    continue
+                in_flight[0] += 1
+                gevent.spawn(_replace, new_email(), n % 2 == 0)
 
-        def _replace(email: str) -> None:
-            client = open_client(server.port, email, counters)
-            if client is not None:
-                clients.append((email, client))
+        def _replace(email: str, reset: bool) -> None:
+            try:
+                client = open_client(server.port, email, counters)
+            finally:
+                in_flight[0] -= 1
+            if client is None:
+                return
+            clients.append((email, client))
+            _, oldest = clients.popleft()
+            if not oldest.alive:
+                counters.closed_by_server += 1
+            drop(oldest, reset)
+            counters.replaced += 1
 
         def publisher() -> None:
             post = Publisher(server.port, server.api_key)
@@ -191,7 +211,10 @@ def run(held: int, minutes: float, churn: float, rate: float, every: float, brok
                     "greenlets": int(fields[4]),
                     "gc_objects": int(fields[5]),
                     "held": sum(1 for _, c in clients if c.alive),
-                    "replaced": serial - held,
+                    "in_queue": len(clients),
+                    "dead_codes": dict(Counter(c.close_code for _, c in clients if not c.alive)),
+                    "replaced": counters.replaced,
+                    "skipped": skipped[0],
                     "published": counters.published,
                     "frames": counters.frames,
                     "open_errors": counters.open_errors,
@@ -212,7 +235,7 @@ def run(held: int, minutes: float, churn: float, rate: float, every: float, brok
         workdir.cleanup()
     return {
         "held": held, "minutes": minutes, "churn_per_s": churn, "events_per_s": rate,
-        "broker": broker, "samples": samples, "replaced": serial - held,
+        "broker": broker, "samples": samples, "replaced": counters.replaced,
         "published": counters.published, "publish_errors": counters.publish_errors,
         "open_errors": counters.open_errors, "closed_by_server": counters.closed_by_server,
         "frames": counters.frames, "loadavg": loads, "server_log": str(server.log_path),
@@ -221,12 +244,13 @@ def run(held: int, minutes: float, churn: float, rate: float, every: float, brok
 
 
 def render(result: dict[str, Any]) -> str:
-    rows = ["| minute | RSS MiB | fds | greenlets | gc objects | held | replaced | published "
-            "| server CPU % | other CPU % | load |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| minute | RSS MiB | fds | greenlets | gc objects | held | replaced | churn ticks "
+            "skipped | published | server CPU % | other CPU % | load |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in result["samples"]:
         rows.append(f"| {s['minute']} | {s['rss_mib']} | {s['fds']} | {s['greenlets']} "
-                    f"| {s['gc_objects']} | {s['held']} | {s['replaced']} | {s['published']} "
+                    f"| {s['gc_objects']} | {s['held']} | {s['replaced']} | {s['skipped']} "
+                    f"| {s['published']} "
                     f"| {s['server_cpu_percent']} | {s['other_cpu_percent']} | {s['loadavg']} |")
     rows.append("")
     rows.append(f"publish errors {result['publish_errors']}, open errors "
