@@ -15,7 +15,7 @@ from typing import Any
 
 from flask import current_app
 
-from webapp import metrics
+from webapp import logs, metrics
 from webapp.admission import Admission
 from webapp.auth import TokenVerifier
 from webapp.bodies import cut_reads
@@ -101,6 +101,11 @@ class Realtime:
             outcomes = self.broker.publish_batch(drafts)
         except BatchInterrupted as interruption:
             _count_events(source, interruption.outcomes)
+            unanswered = len(drafts) - len(interruption.outcomes)
+            metrics.EVENTS_IN.labels(source, "unavailable").inc(unanswered)
+            raise
+        except BrokerUnavailable:
+            metrics.EVENTS_IN.labels(source, "unavailable").inc(len(drafts))
             raise
         _count_events(source, outcomes)
         return outcomes
@@ -129,12 +134,14 @@ class Realtime:
             connection.end_seam([], None)
             raise
         connection.mark_initialised(user_id)
+        logs.bind(user=user_id)
         if connection.admission is not None:
             connection.admission.initialised()
         self.broker.presence_changed()
         recovered: bool | None = None
         snapshot = Snapshot([], None)
         events: list[dict[str, Any]] = []
+        replay = None
         try:
             if last_event_id is not None:
                 replay = self.broker.history_since(user_id, last_event_id)
@@ -150,6 +157,11 @@ class Realtime:
             events, latest = [], last_event_id
         if recovered is not None:
             extra["recovered"] = recovered
+        if last_event_id is not None:
+            metrics.RESUMES.labels(
+                "broker_unavailable" if replay is None
+                else "recovered" if recovered else "not_recovered"
+            ).inc()
         message = connected(user_id, **extra)
         connection.send(encode(message))
         frames = [(encode(m), m["id"], m["callId"]) for m in events]
@@ -163,6 +175,8 @@ class Realtime:
     def opened(self, connection: Connection) -> None:
         """Track a new connection so shutdown can close it even before init."""
         self._open.add(connection)
+        logs.bind(connection_id=connection.id, transport=connection.transport_name)
+        metrics.CONNECTIONS_OPENED.labels(connection.transport_name).inc()
 
     def detach(self, connection: Connection) -> None:
         """Forget a connection that has closed."""
