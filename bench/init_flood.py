@@ -9,7 +9,7 @@ one address took the worker to its file limit (tracebacks, good connections
 reset). Prints what the handshakes got and the worker's descriptors and RSS.
 
     .venv/bin/python -m bench.init_flood --sockets 22000 --addresses 1
-    .venv/bin/python -m bench.init_flood --sockets 22000 --addresses 22
+    .venv/bin/python -m bench.init_flood --sockets 22000 --addresses 22 --init-timeout 600
 """
 
 from __future__ import annotations
@@ -113,10 +113,16 @@ def main() -> None:
     parser.add_argument("--sockets", type=int, default=22000)
     parser.add_argument("--addresses", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=200)
+    parser.add_argument("--init-timeout", type=float, default=None,
+                        help="WS_INIT_TIMEOUT for the server (default: its own, 10 s); a long "
+                             "one stands for a flood faster than this machine can open it")
     args = parser.parse_args()
     raise_fd_limit(min(args.sockets, 19000) + 500)
 
-    server = start_bench_server({"LOG_LEVEL": "WARNING"})
+    overrides = {"LOG_LEVEL": "WARNING"}
+    if args.init_timeout is not None:
+        overrides["WS_INIT_TIMEOUT"] = str(args.init_timeout)
+    server = start_bench_server(overrides)
     held: list[socket.socket] = []
     try:
         pid = worker_pid(server)
@@ -147,6 +153,7 @@ def main() -> None:
         print(json.dumps({
             "sockets": args.sockets,
             "addresses": args.addresses,
+            "init_timeout": args.init_timeout or "default (10 s)",
             "handshakes": {str(k): v for k, v in sorted(statuses.items())},
             "held_by_client": len(held),
             "flood_seconds": round(flood_seconds, 1),
