@@ -390,6 +390,8 @@ class WebSocketConnection(Connection):
         self._next_ping = time.monotonic() + interval if interval else None
         #: Consecutive pings the peer left unanswered; two drop it (docs/protocol.md).
         self._missed_pings = 0
+        #: Why this side ended the connection when the peer never learns it (logged).
+        self.end_reason: str | None = None
 
     def receive(self, timeout: float | None) -> Any:
         """Return the next frame, None on timeout, or :data:`WAKE`; raise when closed.
@@ -461,6 +463,7 @@ class WebSocketConnection(Connection):
         self._next_ping = time.monotonic() + ws.ping_interval
         self._missed_pings = 0 if ws.pong_received else self._missed_pings + 1
         if self._missed_pings >= 2:
+            self.end_reason = f"closed {CLOSE_POLICY}: no pong to two pings"
             with contextlib.suppress(Exception):  # the peer may be gone already
                 ws.close(reason=CLOSE_POLICY, message="Ping/Pong timeout")
             ws.connected = False
