@@ -84,7 +84,11 @@ class SafeSocket:
             deadline = gevent.Timeout(self.write_timeout)
             try:
                 with deadline:
-                    self._sock.sendall(data)
+                    # One send() is nearly always the whole frame; gevent's sendall
+                    # costs an extra getsockopt() system call per frame (bench/README.md).
+                    sent = self._sock.send(data)
+                    if sent < len(data):
+                        self._sock.sendall(memoryview(data)[sent:])
             except gevent.Timeout as timeout:
                 self.broken = True
                 if timeout is not deadline:
