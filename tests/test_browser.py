@@ -38,14 +38,16 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 
-#: SPEC §3 close codes: code -> (meaning, what a client should do, what callwire.js does).
-SPEC_CLOSE_CODES = {
+#: docs/protocol.md §5 close codes: code -> (meaning, what a client should do, callwire.js).
+DOCUMENTED_CLOSE_CODES = {
     1000: ("normal close", "stop", "stop"),
     1008: ("policy: authentication failed, init timeout, too many connections",
            "fix the cause, not retry blindly", "fresh-token"),
     1009: ("frame too large", "fix the client", "stop"),
     1011: ("internal error", "retry with backoff", "backoff"),
     1012: ("server restarting", "reconnect now, resume", "restart"),
+    1013: ("try again later: service busy or Redis unreachable", "retry with backoff, resume",
+           "backoff"),
     4001: ("token expired", "get a fresh token, reconnect", "fresh-token"),
     4008: ("too slow to keep up", "reconnect, resume with `lastEventId`", "backoff"),
 }
@@ -328,13 +330,13 @@ def test_demo_page_is_accessible(server, open_tab):
     )
     low = {name: round(value, 2) for name, value in ratios.items() if value < 4.5}
     assert low == {}, f"contrast below 4.5:1: {low}"
-    # The page documents the close codes exactly as SPEC §3, and the client agrees.
+    # The page documents the close codes exactly as docs/protocol.md §5, and the client agrees.
     rows = tab.js(
         "() => [...document.querySelectorAll('table.codes tbody tr')]"
         ".map(tr => [...tr.cells].map(td => td.textContent))"
     )
     expected = [[str(code), meaning, advice.replace("`", "")]
-                for code, (meaning, advice, _) in SPEC_CLOSE_CODES.items()]
+                for code, (meaning, advice, _) in DOCUMENTED_CLOSE_CODES.items()]
     assert rows == expected
     client_table = tab.js(
         "() => Object.fromEntries(Object.entries(Callwire.CLOSE_CODES)"
@@ -342,7 +344,7 @@ def test_demo_page_is_accessible(server, open_tab):
     )
     assert client_table == {
         str(code): [meaning, advice.replace("`", ""), action]
-        for code, (meaning, advice, action) in SPEC_CLOSE_CODES.items()
+        for code, (meaning, advice, action) in DOCUMENTED_CLOSE_CODES.items()
     }
 
 
@@ -578,12 +580,13 @@ def test_backoff_is_capped_full_jitter(server, open_tab):
     assert ceilings == [499, 999, 1999, 3999, 7999, 15999, 29999, 29999, 29999]
     assert tab.js("() => Callwire.backoffDelay(5, 500, 30000, () => 0)") == 0
     actions = tab.js(
-        "() => Object.fromEntries([1000, 1006, 1008, 1009, 1011, 1012, 4001, 4008]"
+        "() => Object.fromEntries([1000, 1006, 1008, 1009, 1011, 1012, 1013, 4001, 4008]"
         ".map(c => [c, Callwire.closeAction(c)]))"
     )
     assert actions == {
         "1000": "stop", "1006": "backoff", "1008": "fresh-token", "1009": "stop",
-        "1011": "backoff", "1012": "restart", "4001": "fresh-token", "4008": "backoff",
+        "1011": "backoff", "1012": "restart", "1013": "backoff", "4001": "fresh-token",
+        "4008": "backoff",
     }
 
 

@@ -21,12 +21,23 @@ import time
 from typing import Any
 
 from webapp.auth import AuthError, Identity, VerifierUnavailable
+from webapp.brokers.base import BrokerUnavailable
 from webapp.config import normalise_email
-from webapp.connection import CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_TOKEN_EXPIRED, Connection
+from webapp.connection import (
+    CLOSE_INTERNAL,
+    CLOSE_POLICY,
+    CLOSE_TOKEN_EXPIRED,
+    CLOSE_TRY_AGAIN,
+    Connection,
+)
 from webapp.events import utc_timestamp
 from webapp.hub import TooManyConnections
 from webapp.protocol import ProtocolError, authenticated, connected, encode, optional_string
 from webapp.realtime import Realtime
+
+NO_TOKEN = "Authentication failed: init requires a Firebase ID token"
+#: Added in development mode, where anyone can mint a token (close reasons: <= 123 bytes).
+DEV_TOKEN_HINT = " (development mode: get one from POST /dev/token)"
 
 
 class CloseClient(Exception):
@@ -103,9 +114,8 @@ class ClientRules:
                 )
             user_id = identity.email
         elif self.settings.require_token:
-            raise CloseClient(
-                CLOSE_POLICY, "Authentication failed: init requires a Firebase ID token"
-            )
+            hint = DEV_TOKEN_HINT if self.settings.development else ""
+            raise CloseClient(CLOSE_POLICY, NO_TOKEN + hint)
         elif claimed is None or not normalise_email(claimed):
             raise ProtocolError("Missing userId in init payload")
         else:
@@ -118,7 +128,7 @@ class ClientRules:
         if current is not None:
             if current != user_id:
                 raise ProtocolError(f"Already initialised as another user ({current})")
-            # A repeated init changes nothing (SPEC §3): same registration, no
+            # A repeated init changes nothing (docs/protocol.md): same registration, no
             # replay, same token deadline (auth refreshes it); only connected again.
             again: dict[str, Any] = {}
             if self.connection.token_expires_at is not None:
@@ -130,6 +140,11 @@ class ClientRules:
             message = self.node.attach(self.connection, user_id, last_event_id or None, **extra)
         except TooManyConnections as refusal:
             raise CloseClient(CLOSE_POLICY, str(refusal)) from None
+        except BrokerUnavailable:
+            # Not the client's fault: 1013 tells it to retry (with backoff) and resume.
+            raise CloseClient(
+                CLOSE_TRY_AGAIN, "Service unavailable: history cannot be read, retry shortly"
+            ) from None
         if identity is not None:
             self.connection.token_expires_at = identity.expires_at
         return message

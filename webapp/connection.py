@@ -9,7 +9,7 @@ that overflows asks the session to close with 4008.
 
 :class:`WebSocketConnection` is the flask-sock / simple-websocket transport.
 :class:`SafeSocket` makes its raw socket writes whole and bounded in time
-(STACK-NOTES: ``Server.send`` uses ``socket.send`` and ignores short writes).
+(docs/stack-notes.md: ``Server.send`` uses ``socket.send`` and ignores short writes).
 """
 
 from __future__ import annotations
@@ -17,14 +17,16 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import select
 import socket
 import struct
 import time
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 import gevent.lock
+from gevent import monkey
 from simple_websocket import ConnectionClosed
 from wsproto.events import Ping
 from wsproto.utilities import LocalProtocolError
@@ -34,16 +36,21 @@ from webapp.brokers.base import ConnectionInfo
 from webapp.config import DEFAULT_SEND_QUEUE_BYTES
 from webapp.events import event_id_order, utc_timestamp
 
+if TYPE_CHECKING:
+    from webapp.admission import Ticket
+
 logger = logging.getLogger(__name__)
 
 _ids = itertools.count(1)
 
-#: Close codes of SPEC §3.
+#: Close codes of docs/protocol.md §5.
 CLOSE_NORMAL = 1000
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
 CLOSE_RESTART = 1012
+#: Try again later: the server cannot serve this now (broker unreachable or busy).
+CLOSE_TRY_AGAIN = 1013
 CLOSE_TOKEN_EXPIRED = 4001
 CLOSE_TOO_SLOW = 4008
 
@@ -59,6 +66,21 @@ WRITER_TURN_BACKLOG = 32
 #: How long closing waits for the frame being written, then for the close
 #: frame, before it gives up on the peer and drops the TCP connection.
 CLOSE_GRACE_SECONDS = 2.0
+
+
+def accepted_at(event_id: str | None) -> float:
+    """Return the monotonic moment an event was accepted, read from its id.
+
+    Ids are the accepting clock's time in microseconds (Redis ``TIME``, or this
+    process), so publish-to-write latency needs no extra field on the wire. A
+    test message (no id), or an id from a clock far off ours, counts from now.
+    """
+    now = time.monotonic()
+    order = event_id_order(event_id)
+    if order < 0:
+        return now
+    age = time.time() - order / 1_000_000
+    return now - age if 0.0 < age < 3600.0 else now
 
 
 class SafeSocket:
@@ -154,6 +176,8 @@ class Connection:
         self._queue: deque[tuple[str, float | None, int]] = deque()
         #: UTF-8 bytes of the frames in the queue, plus the one being written.
         self._queued_bytes = 0
+        #: This client's place under the handshake caps (``webapp.admission``), if any.
+        self.admission: Ticket | None = None
         self._writer: gevent.Greenlet | None = None
         self._closed = False
         #: Live events held back while history is read, or None when live.
@@ -190,7 +214,7 @@ class Connection:
                 if order <= newest:
                     continue
                 newest = order
-            self._enqueue(frame, time.monotonic())
+            self._enqueue(frame, accepted_at(event_id))
         if newest >= 0:
             self.last_event_id = f"{newest:016d}"
 
@@ -222,6 +246,10 @@ class Connection:
             transport=self.transport_name,
         )
 
+    def log_context(self) -> dict[str, str | None]:
+        """Log fields for lines written about this connection from another greenlet."""
+        return {"connection_id": self.id, "user": self.user_id, "transport": self.transport_name}
+
     def mark_initialised(self, user_id: str) -> None:
         """Record the user this connection now belongs to."""
         self.user_id = user_id
@@ -246,7 +274,7 @@ class Connection:
             if order <= event_id_order(self.last_event_id):
                 return False
             self.last_event_id = event_id
-        return self._enqueue(frame, time.monotonic())
+        return self._enqueue(frame, accepted_at(event_id))
 
     # -- internals -------------------------------------------------------------
 
@@ -258,16 +286,18 @@ class Connection:
         # event cannot lock its owner out; behind others it overflows.
         over_bytes = self._queued_bytes > 0 and self._queued_bytes + size > self._byte_limit
         if len(self._queue) >= self._limit or over_bytes:
-            metrics.SLOW_CLIENTS_DROPPED.inc()
+            metrics.SLOW_CLIENTS_DROPPED.labels("queue_full").inc()
             logger.warning(
                 "connection %s user=%s too slow: %d messages (%d bytes) waiting, "
                 "closing with 4008",
                 self.id, self.user_id, len(self._queue), self._queued_bytes,
+                extra=self.log_context(),
             )
             self.request_close(CLOSE_TOO_SLOW, "Too slow: outgoing queue is full")
             return False
         self._queue.append((frame, queued_at, size))
         self._queued_bytes += size
+        metrics.note_queue_depth(len(self._queue))
         if self._writer is None:
             self._writer = gevent.spawn(self._drain)
         return True
@@ -285,7 +315,10 @@ class Connection:
                     logger.warning(
                         "delivery to connection %s user=%s failed: %s",
                         self.id, self.user_id, error or type(error).__name__,
+                        extra=self.log_context(),
                     )
+                    if self.close_requested is None:  # counted once per connection
+                        metrics.SLOW_CLIENTS_DROPPED.labels("write_failed").inc()
                     self.request_close(CLOSE_TOO_SLOW, "Too slow: write timed out")
                     return
                 finally:
@@ -313,6 +346,10 @@ class Connection:
 
 #: What ``WebSocketConnection.receive`` returns when another greenlet woke it.
 WAKE = object()
+
+#: ``select.poll`` as the OS has it (gevent's would wait on the hub; a zero-timeout
+#: check must not yield).
+_unpatched_poll = monkey.get_original("select", "poll")
 
 
 class InlineReader:
@@ -358,8 +395,10 @@ class WebSocketConnection(Connection):
         self._readable: Any = None
         interval = getattr(ws, "ping_interval", None)
         self._next_ping = time.monotonic() + interval if interval else None
-        #: Consecutive pings the peer left unanswered; two drop it (SPEC §3).
+        #: Consecutive pings the peer left unanswered; two drop it (docs/protocol.md).
         self._missed_pings = 0
+        #: Why this side ended the connection when the peer never learns it (logged).
+        self.end_reason: str | None = None
 
     def receive(self, timeout: float | None) -> Any:
         """Return the next frame, None on timeout, or :data:`WAKE`; raise when closed.
@@ -380,7 +419,12 @@ class WebSocketConnection(Connection):
                 self._ping()
                 continue
             if deadline is not None and now >= deadline:
-                return None
+                # A busy server may wake this greenlet late, after input arrived:
+                # what the peer sent in time is read before the deadline counts.
+                if not self._readable_now():
+                    return None
+                self._read_once()
+                continue
             waits = [t - now for t in (deadline, self._next_ping) if t is not None]
             if self._wait_readable(min(waits) if waits else None) and not ws.input_buffer:
                 self._read_once()
@@ -397,6 +441,12 @@ class WebSocketConnection(Connection):
             return ws.event.wait(seconds)
         finally:
             self._readable.stop()
+
+    def _readable_now(self) -> bool:
+        """Return True if the socket has input (or an end) waiting, without waiting."""
+        poller = _unpatched_poll()
+        poller.register(self._ws.sock.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
 
     def _read_once(self) -> None:
         """Read what the socket has and let wsproto turn it into frames and answers."""
@@ -420,6 +470,7 @@ class WebSocketConnection(Connection):
         self._next_ping = time.monotonic() + ws.ping_interval
         self._missed_pings = 0 if ws.pong_received else self._missed_pings + 1
         if self._missed_pings >= 2:
+            self.end_reason = f"closed {CLOSE_POLICY}: no pong to two pings"
             with contextlib.suppress(Exception):  # the peer may be gone already
                 ws.close(reason=CLOSE_POLICY, message="Ping/Pong timeout")
             ws.connected = False

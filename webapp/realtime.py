@@ -15,7 +15,8 @@ from typing import Any
 
 from flask import current_app
 
-from webapp import metrics
+from webapp import logs, metrics
+from webapp.admission import Admission
 from webapp.auth import TokenVerifier
 from webapp.bodies import cut_reads
 from webapp.brokers.base import (
@@ -43,6 +44,8 @@ class Realtime:
         self.broker = broker
         self.verifier = verifier
         self.hub = Hub(settings.max_connections_per_user)
+        #: Handshake caps: sockets per worker, and per address until init.
+        self.admission = Admission(settings.max_connections, settings.max_pending_per_address)
         #: Every open connection, initialised or not (the hub holds initialised ones).
         self._open: set[Connection] = set()
         self.shutting_down = False
@@ -98,6 +101,11 @@ class Realtime:
             outcomes = self.broker.publish_batch(drafts)
         except BatchInterrupted as interruption:
             _count_events(source, interruption.outcomes)
+            unanswered = len(drafts) - len(interruption.outcomes)
+            metrics.EVENTS_IN.labels(source, "unavailable").inc(unanswered)
+            raise
+        except BrokerUnavailable:
+            metrics.EVENTS_IN.labels(source, "unavailable").inc(len(drafts))
             raise
         _count_events(source, outcomes)
         return outcomes
@@ -116,7 +124,10 @@ class Realtime:
 
         Live events are held back while history is read, so nothing is lost or
         repeated at the seam. Returns the ``connected`` message it sent.
-        Raises ``TooManyConnections``.
+        Raises ``TooManyConnections``, and ``BrokerUnavailable`` when history
+        cannot be read: the connection is then unregistered and must be closed
+        with a code the client retries (never ``connected`` without the replay
+        or snapshot it is owed).
         """
         self.ensure_started()
         connection.begin_seam()
@@ -126,10 +137,14 @@ class Realtime:
             connection.end_seam([], None)
             raise
         connection.mark_initialised(user_id)
+        logs.bind(user=user_id)
+        if connection.admission is not None:
+            connection.admission.initialised()
         self.broker.presence_changed()
         recovered: bool | None = None
         snapshot = Snapshot([], None)
         events: list[dict[str, Any]] = []
+        replay = None
         try:
             if last_event_id is not None:
                 replay = self.broker.history_since(user_id, last_event_id)
@@ -138,13 +153,19 @@ class Realtime:
             if not recovered:
                 snapshot = self.broker.snapshot(user_id)
                 events, latest = snapshot.events, snapshot.latest_id
-        except BrokerUnavailable:
-            logger.warning("connection %s user=%s: history unavailable (broker down)",
-                           connection.id, user_id)
-            recovered = False if last_event_id is not None else None
-            events, latest = [], last_event_id
+        except BrokerUnavailable as failure:
+            logger.warning("connection %s user=%s: history unavailable, init refused (%s)",
+                           connection.id, user_id, failure)
+            self.hub.remove(connection)
+            self.broker.presence_changed()
+            raise
         if recovered is not None:
             extra["recovered"] = recovered
+        if last_event_id is not None:
+            metrics.RESUMES.labels(
+                "broker_unavailable" if replay is None
+                else "recovered" if recovered else "not_recovered"
+            ).inc()
         message = connected(user_id, **extra)
         connection.send(encode(message))
         frames = [(encode(m), m["id"], m["callId"]) for m in events]
@@ -158,10 +179,14 @@ class Realtime:
     def opened(self, connection: Connection) -> None:
         """Track a new connection so shutdown can close it even before init."""
         self._open.add(connection)
+        logs.bind(connection_id=connection.id, transport=connection.transport_name)
+        metrics.CONNECTIONS_OPENED.labels(connection.transport_name).inc()
 
     def detach(self, connection: Connection) -> None:
         """Forget a connection that has closed."""
         self._open.discard(connection)
+        if connection.admission is not None:
+            connection.admission.release()
         self.hub.remove(connection)
         connection.mark_closed()
         if connection.user_id is not None:
