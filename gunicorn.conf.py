@@ -193,6 +193,22 @@ def track_listeners():
             with contextlib.suppress(OSError):
                 self.socket.shutdown(socket.SHUT_RD)
 
+        def do_read(self):
+            """Accept as gevent does, but nothing once closed.
+
+            SIGTERM's handler runs between two bytecodes, possibly inside
+            gevent's accept loop (up to 100 accepts a turn), whose next
+            ``accept`` on the shut-down listener then fails with EINVAL and
+            logs a traceback: after :meth:`close` there is simply nothing
+            more to accept.
+            """
+            try:
+                return super().do_read()
+            except OSError:
+                if self._stop_event.is_set():
+                    return None
+                raise
+
     ggevent.StreamServer = TrackedStreamServer
     return listeners
 
