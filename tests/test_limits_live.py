@@ -323,12 +323,12 @@ def test_a_peer_that_does_not_answer_pings_is_dropped(server_factory, clients):
     assert opcodes.count(OP_PING) >= 2
     assert 2.5 <= result["elapsed"] <= 4.5, result["elapsed"]
     if opcodes[-1] == OP_CLOSE:
-        assert close_code(frames[-1][1]) == 1008
+        assert close_code(frames[-1][1]) == 1011
     # The one that answered is still there.
     good.send_json({"type": "ping"})
     assert good.recv_json(timeout=5) == {"type": "pong"}
     # The log says why it was dropped, not "peer closed".
     deadline = time.monotonic() + 5
-    while "(closed 1008: no pong to two pings)" not in live.log():
+    while "(closed 1011: no pong to two pings)" not in live.log():
         assert time.monotonic() < deadline, live.log()[-1500:]
         time.sleep(0.05)

@@ -465,14 +465,18 @@ class WebSocketConnection(Connection):
             ws.connected = False
 
     def _ping(self) -> None:
-        """Send the next ping, or close with 1008 if the last two got no pong."""
+        """Send the next ping, or close with 1011 if the last two got no pong.
+
+        1011, not 1008: a missed pong may be the server's own stall (a storm,
+        a busy box), and a client that is still alive must retry, not stop.
+        """
         ws = self._ws
         self._next_ping = time.monotonic() + ws.ping_interval
         self._missed_pings = 0 if ws.pong_received else self._missed_pings + 1
         if self._missed_pings >= 2:
-            self.end_reason = f"closed {CLOSE_POLICY}: no pong to two pings"
+            self.end_reason = f"closed {CLOSE_INTERNAL}: no pong to two pings"
             with contextlib.suppress(Exception):  # the peer may be gone already
-                ws.close(reason=CLOSE_POLICY, message="Ping/Pong timeout")
+                ws.close(reason=CLOSE_INTERNAL, message="Ping/Pong timeout")
             ws.connected = False
             return
         ws.pong_received = False
