@@ -813,4 +813,5 @@ class SocketIOLayer(socketio.Server):
             connection.deadline_timer = None
         connection.mark_ready()
         self.node.detach(connection)
-        logger.info("connection %s ended user=%s (%s)", connection.id, connection.user_id, reason)
+        logger.info("connection %s ended user=%s (%s)", connection.id, connection.user_id, reason,
+                    extra=connection.log_context())
