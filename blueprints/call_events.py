@@ -35,12 +35,20 @@ def draft_from(item: Any) -> EventDraft:
     if user_id == "":
         raise ma.ValidationError({"userId": ["must be an email, not blank"]})
     timestamp = body["timestamp"]
+    if timestamp is not None:
+        try:
+            timestamp = format_utc(timestamp)
+        except OverflowError:
+            # 0001-01-01T00:04:00+02:00 is still year 0 in UTC: not a datetime.
+            raise ma.ValidationError(
+                {"timestamp": ["must fall between the years 1 and 9999 in UTC"]}
+            ) from None
     return EventDraft(
         call_id=body["callId"],
         status=body["status"],
         user_id=user_id,
         data=body["data"],
-        timestamp=format_utc(timestamp) if timestamp is not None else None,
+        timestamp=timestamp,
         idempotency_key=body["idempotencyKey"],
     )
 

@@ -370,6 +370,23 @@ def test_another_owner_is_refused_and_nothing_is_stored_or_delivered(broker, nod
     assert (state.owner, state.status, state.event["id"]) == (ALICE, "ringing", first.id)
 
 
+def test_idempotency_keys_are_scoped_by_owner_so_two_users_never_collide(broker, node):
+    """Issue 11 #6: B reusing A's key got A's answer and B's event was lost."""
+    first = publish(broker, "call-key-alice", "ringing", ALICE, idempotency_key="shared")
+    second = publish(broker, "call-key-bob", "ringing", BOB, idempotency_key="shared")
+    assert second.id is not None and second.id != first.id and second.dropped is None
+    # Without userId, the key is scoped by the call's known owner.
+    retry = publish(broker, "call-key-bob", "ringing", None, idempotency_key="shared")
+    assert (retry.id, retry.delivered) == (second.id, 0)
+    node.settle(broker, BOB)
+    assert ids(node.events(BOB)) == [second.id]
+    assert broker.call_state("call-key-bob").owner == BOB
+    # Owner and key are kept apart however they are spelled (no concatenation collision).
+    odd = publish(broker, "call-key-odd-1", "ringing", "a", idempotency_key="b:idem:c")
+    other = publish(broker, "call-key-odd-2", "ringing", "a:idem:b", idempotency_key="c")
+    assert odd.id is not None and other.id is not None and other.dropped is None
+
+
 def test_a_refused_publish_does_not_consume_its_idempotency_key(broker, node):
     publish(broker, "call-conflict-key", "ringing", ALICE)
     with pytest.raises(OwnershipConflict):

@@ -18,6 +18,7 @@ from webapp.config import load_settings
 from webapp.connection import InlineReader
 from webapp.errors import CallwireApi, handle_unexpected
 from webapp.realtime import Realtime
+from webapp.validation import StrictJSONProvider
 
 __all__ = ["create_app"]
 
@@ -58,7 +59,7 @@ def create_app(overrides: Mapping[str, str] | None = None) -> Flask:
         },
         MAX_CONTENT_LENGTH=8 * 1024 * 1024,
     )
-    app.json.sort_keys = False
+    app.json = StrictJSONProvider(app)
     app.extensions["callwire"] = Realtime(
         settings, create_broker(settings), TokenVerifier(settings.project_id)
     )

@@ -22,6 +22,7 @@ from webapp.connection import CLOSE_RESTART, Connection
 from webapp.events import EventDraft, PublishError, PublishResult
 from webapp.hub import Hub
 from webapp.protocol import connected, encode
+from webapp.validation import check_draft, check_message
 
 logger = logging.getLogger(__name__)
 
@@ -71,9 +72,14 @@ class Realtime:
     # -- sources ------------------------------------------------------------------
 
     def publish(self, draft: EventDraft, source: str) -> PublishResult:
-        """Publish one event; raises PublishError or BrokerUnavailable."""
+        """Publish one event; raises PublishError or BrokerUnavailable.
+
+        The draft is checked in full before the broker sees it: a refused
+        event (:class:`~webapp.validation.InvalidEvent`) stores nothing.
+        """
         self.ensure_started()
         try:
+            check_draft(draft)
             result = self.broker.publish(draft)
         except PublishError:
             metrics.EVENTS_IN.labels(source, "refused").inc()
@@ -82,7 +88,12 @@ class Realtime:
         return result
 
     def publish_transient(self, user_id: str, message: dict[str, Any]) -> int:
-        """Send a live-only message (test messages) to every connection of a user."""
+        """Send a live-only message (test messages) to every connection of a user.
+
+        Raises :class:`~webapp.validation.InvalidEvent` for a message that
+        could not be encoded as strict JSON.
+        """
+        check_message(message)
         self.ensure_started()
         return self.broker.publish_transient(user_id, message)
 

@@ -26,6 +26,7 @@ from blueprints.webhooks.source import (
     owner_email,
     provider_time,
     publish,
+    shown,
     text,
 )
 from blueprints.webhooks.twilio_signature import public_url, signature_valid
@@ -88,7 +89,7 @@ def translate(params: Mapping[str, str], owner: str | None) -> EventDraft | Igno
     status = STATUS_MAP.get((provider_status or "").strip().lower())
     if status is None:
         return Ignored(
-            "unknown-status", f"Twilio CallStatus {provider_status!r} is not a call status"
+            "unknown-status", f"Twilio CallStatus {shown(provider_status)} is not a call status"
         )
     data: dict[str, Any] = {
         "type": DATA_TYPE,

@@ -26,6 +26,7 @@ from blueprints.webhooks.source import (
     owner_email,
     provider_time,
     publish,
+    shown,
     text,
 )
 from webapp.brokers.base import BrokerUnavailable
@@ -134,7 +135,7 @@ def translate(body: Any) -> EventDraft | Ignored:
     message = server_message(body)
     kind = message.get("type")
     if kind not in EVENT_TYPES:
-        name = text(kind) or "untyped"
+        name = (text(kind) or "untyped")[:64]
         return Ignored("message-type", f"Vapi {name} messages carry no call status")
     call = _object(message.get("call"))
     call_id = text(call.get("id"))
@@ -146,7 +147,7 @@ def translate(body: Any) -> EventDraft | Ignored:
         status = STATUS_MAP.get(provider_status or "")
         if status is None:
             return Ignored(
-                "unknown-status", f"Vapi status {provider_status!r} is not a call status"
+                "unknown-status", f"Vapi status {shown(provider_status)} is not a call status"
             )
     else:
         # The report comes once the call is over; it has no status of its own.

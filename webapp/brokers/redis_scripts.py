@@ -31,14 +31,9 @@ PUBLISH = _COUNT_FUNCTION + f"""
 local RANK = {_RANK}
 local TERMINAL = {_TERMINAL}
 local prefix, call_id, status, user, seq = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local idem_key, head, tail, timestamp = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local idempotency, head, tail, timestamp = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 local size, ttl, idem_ttl, channel = tonumber(ARGV[10]), tonumber(ARGV[11]), ARGV[12], ARGV[13]
 local call_key, workers_key = KEYS[1], KEYS[2]
-
-if idem_key ~= '' then
-  local cached = redis.call('GET', idem_key)
-  if cached then return {{'cached', cached}} end
-end
 
 local previous = redis.call('HMGET', call_key, 'owner', 'status', 'seq')
 local owner = previous[1]
@@ -47,6 +42,15 @@ if owner then
 else
   if user == '' then return {{'unknown'}} end
   owner = user
+end
+
+-- Idempotency keys are scoped by owner (its length first, so no two owner and
+-- key pairs share a Redis key): another user's key never answers for this one.
+local idem_key = ''
+if idempotency ~= '' then
+  idem_key = prefix .. 'idem:' .. #owner .. ':' .. owner .. ':' .. idempotency
+  local cached = redis.call('GET', idem_key)
+  if cached then return {{'cached', cached}} end
 end
 
 -- The forward-only rule, exactly as webapp.events.judge.
