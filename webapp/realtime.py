@@ -101,11 +101,12 @@ class Realtime:
 
     def attach(
         self, connection: Connection, user_id: str, last_event_id: str | None, **extra: Any
-    ) -> None:
+    ) -> dict[str, Any]:
         """Register an initialised connection and send connected, then history, then live.
 
         Live events are held back while history is read, so nothing is lost or
-        repeated at the seam. Raises ``TooManyConnections``.
+        repeated at the seam. Returns the ``connected`` message it sent.
+        Raises ``TooManyConnections``.
         """
         self.ensure_started()
         connection.begin_seam()
@@ -134,13 +135,15 @@ class Realtime:
             events, latest = [], last_event_id
         if recovered is not None:
             extra["recovered"] = recovered
-        connection.send(encode(connected(user_id, **extra)))
+        message = connected(user_id, **extra)
+        connection.send(encode(message))
         frames = [(encode(m), m["id"], m["callId"]) for m in events]
         connection.end_seam(frames, latest)
         logger.info(
             "connection %s initialised user=%s resume=%s recovered=%s replayed=%d",
             connection.id, user_id, last_event_id is not None, recovered, len(events),
         )
+        return message
 
     def opened(self, connection: Connection) -> None:
         """Track a new connection so shutdown can close it even before init."""
