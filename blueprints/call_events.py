@@ -9,7 +9,12 @@ from flask import request
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
-from blueprints.schemas import CallStatusAnswerSchema, EventSchema, PublishAnswerSchema
+from blueprints.schemas import (
+    CallStatusAnswerSchema,
+    EventSchema,
+    PublishAnswerSchema,
+    PublishFailureSchema,
+)
 from webapp.brokers.base import BrokerUnavailable
 from webapp.config import normalise_email
 from webapp.events import EventDraft, PublishError, format_utc
@@ -87,7 +92,18 @@ class Events(MethodView):
                     "schema": {
                         "oneOf": [
                             EventSchema,
-                            {"type": "array", "maxItems": MAX_BATCH, "items": EventSchema},
+                            {
+                                "type": "array",
+                                "minItems": 1,
+                                "maxItems": MAX_BATCH,
+                                # Not the Event schema: each item is judged on its own,
+                                # and an invalid one gets its own 400 in the results.
+                                "items": {
+                                    "description": "An Event object; an item that is not "
+                                    "one is answered with its own 400 result, the others "
+                                    "are published"
+                                },
+                            },
                         ]
                     }
                 }
@@ -97,8 +113,14 @@ class Events(MethodView):
     @blp.response(200, PublishAnswerSchema)
     @blp.alt_response(400, description="Invalid event or batch")
     @blp.alt_response(401, description="Missing or wrong X-API-Key")
-    @blp.alt_response(409, description="The call belongs to another user")
-    @blp.alt_response(503, description="Broker unavailable; retry")
+    @blp.alt_response(
+        409, description="The call belongs to another user, or the event has no userId "
+        "and the call's owner is not known yet",
+    )
+    @blp.alt_response(
+        503, schema=PublishFailureSchema,
+        description="Broker unavailable; retry (a batch lists the results before the failure)",
+    )
     def post(self) -> Any:
         """Publish one call status change, or a batch of up to 500 in order."""
         require_api_key()

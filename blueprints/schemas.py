@@ -73,7 +73,7 @@ class EventSchema(ma.Schema):
         metadata={
             "description": "Free-form details delivered as the event's data: at most "
             f"{MAX_DATA_BYTES} bytes as JSON, nested at most {MAX_DEPTH} levels, finite "
-            "numbers, 64-bit integers, valid Unicode text"
+            "numbers, valid Unicode text"
         },
     )
     idempotencyKey = ma.fields.String(
@@ -98,6 +98,15 @@ class PublishAnswerSchema(ma.Schema):
     data = ma.fields.Raw(metadata={"description": "A result, or a list of results for a batch"})
 
 
+class PublishFailureSchema(ma.Schema):
+    success = ma.fields.Boolean(required=True, metadata={"description": "Always false"})
+    message = ma.fields.String(required=True, metadata={"description": "What went wrong"})
+    data = ma.fields.List(
+        ma.fields.Raw(),
+        metadata={"description": "Batch only: the results of the items before the failure"},
+    )
+
+
 class CallStatusSchema(ma.Schema):
     callId = ma.fields.String(metadata={"description": "The call"})
     status = ma.fields.String(metadata={"description": "Its latest status"})
@@ -117,7 +126,7 @@ class TestMessageSchema(ma.Schema):
         unknown = ma.EXCLUDE
 
     targetUserId = ma.fields.String(required=True, validate=validate.Length(min=1, max=320))
-    message = ma.fields.Raw(load_default="Test message from Callwire")
+    message = ma.fields.Raw(load_default="Test message from Callwire", allow_none=True)
     event = ma.fields.String(load_default="test.event", validate=validate.Length(min=1, max=128))
 
 

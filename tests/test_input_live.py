@@ -101,7 +101,6 @@ REFUSED_DATA = [
     pytest.param('{"x":NaN}', "finite", id="nan"),
     pytest.param('{"x":-Infinity}', "finite", id="infinity"),
     pytest.param('{"x":1e400}', "finite", id="1e400"),
-    pytest.param('{"x":' + "9" * 30 + "}", "64 bits", id="huge-integer"),
     pytest.param('{"x":' + "[" * 32 + "]" * 32 + "}", "nested more than 32", id="depth-33"),
     pytest.param('{"x":' + DEEP + "}", "nested more than 32", id="depth-901"),
     pytest.param('{"x":"' + "a" * 70_000 + '"}', "at most 65536 bytes", id="too-large"),
@@ -200,7 +199,6 @@ def test_idempotency_keys_of_two_users_never_collide(live, clients):
         ("1e400", "finite"),
         ("NaN", "finite"),
         ("1" * 5000, "Invalid JSON body"),  # Python reads at most 4,300 digits: was a 500
-        ("1" * 4000, "64 bits"),
         ("[" * 40 + "]" * 40, "nested more than 32"),
     ],
 )
@@ -219,12 +217,13 @@ def test_odd_but_valid_text_is_delivered_and_answered_as_strict_json(live, clien
     socket = connect(live, clients, target)
     text = "emoji 😀, line sep \u2028, nul \x00, rtl \u202e, bom \ufeff"
     # ASCII with \u escapes: the emoji travels as the surrogate pair \ud83d\ude00.
-    body = json.dumps({"targetUserId": target, "message": text})
+    body = json.dumps({"targetUserId": target, "message": [text, 10**4000, -0.0, 1e308]})
     answer = post_raw(live, TEST_MESSAGE, body, bearer(new_user()))
     assert answer.status_code == 200, answer.text
-    assert strict_json(answer)["data"]["data"]["message"] == text
+    assert strict_json(answer)["data"]["data"]["message"] == [text, 10**4000, -0.0, 1e308]
     frame = socket.ws.recv()  # the raw text frame, before any lenient parsing
-    assert json.loads(frame, parse_constant=_no_constants)["data"]["message"] == text
+    received = json.loads(frame, parse_constant=_no_constants)["data"]["message"]
+    assert received == [text, 10**4000, -0.0, 1e308]
 
 
 # -- webhooks: the same rules, in the same place ----------------------------------------------

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 import marshmallow as ma
+from apispec import BasePlugin
 from flask import Response, jsonify
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
@@ -53,10 +54,28 @@ def _protocol_headers(error: HTTPException) -> list[tuple[str, str]]:
             if name.lower() != "content-type"]
 
 
+class _ErrorBodies(BasePlugin):
+    """Document the error shape on every 4xx/5xx response that a view names without a body."""
+
+    def operation_helper(self, path: str | None = None, operations: dict | None = None,
+                         **kwargs: Any) -> None:
+        for operation in (operations or {}).values():
+            for code, response in (operation.get("responses") or {}).items():
+                if (str(code)[:1] in "45" and isinstance(response, dict)
+                        and "$ref" not in response and not response.get("content")):
+                    response["content"] = {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
+                    }
+
+
 class CallwireApi(Api):
-    """flask-smorest Api whose errors use Callwire's JSON shape."""
+    """flask-smorest Api whose errors use Callwire's JSON shape, in its answers and its document."""
 
     ERROR_SCHEMA = ErrorSchema
+
+    def _init_spec(self, **kwargs: Any) -> None:
+        kwargs["extra_plugins"] = [*(kwargs.get("extra_plugins") or ()), _ErrorBodies()]
+        super()._init_spec(**kwargs)
 
     def handle_http_exception(self, error: HTTPException) -> Response:  # type: ignore[override]
         data = getattr(error, "data", None) or {}

@@ -37,7 +37,7 @@ def parse_client_frame(frame: str | bytes) -> ClientMessage:
     without a string ``type`` are all the seed's "Invalid message format". So
     is JSON that Callwire would not accept anywhere: nested too deeply (even
     thousands deep), text with lone surrogates, non-finite numbers, integers
-    beyond 64 bits (see :mod:`webapp.validation`).
+    of more than 4,300 digits (see :mod:`webapp.validation`).
     """
     if not isinstance(frame, str):
         raise ProtocolError(INVALID_FORMAT)

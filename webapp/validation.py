@@ -7,9 +7,9 @@ always be encoded. The rules:
 
 - text is valid Unicode (JSON's ``"\\ud800"`` escape can smuggle in a lone
   surrogate, which no UTF-8 encoder accepts);
-- numbers are finite (``NaN``, ``Infinity`` and ``1e400`` are not JSON) and
-  integers fit in 64 bits (what every JSON library can write; Python itself
-  refuses to print integers of more than 4,300 digits);
+- numbers are finite (``NaN``, ``Infinity`` and ``1e400`` are not JSON), and
+  integers can be written (Python refuses to read or print more than 4,300
+  digits: such a body is not JSON to us);
 - values nest at most :data:`MAX_DEPTH` levels, far from any recursion limit;
 - an event's ``data`` encodes to at most :data:`MAX_DATA_BYTES`;
 - ``callId``, ``userId`` and ``idempotencyKey`` have bounded lengths, and a
@@ -39,9 +39,6 @@ MAX_IDEMPOTENCY_KEY_LENGTH = 256
 MAX_DEPTH = 32
 #: Largest ``data`` of one event, as compact UTF-8 JSON.
 MAX_DATA_BYTES = 64 * 1024
-#: Integers outside this range are refused (signed and unsigned 64-bit).
-MIN_INTEGER = -(2**63)
-MAX_INTEGER = 2**64 - 1
 #: Provider sequence numbers (Twilio ``SequenceNumber``) compare exactly below this.
 MAX_SEQUENCE = 2**53
 
@@ -102,8 +99,11 @@ def check_json(value: Any, max_depth: int = MAX_DEPTH) -> None:
                     "are not JSON"
                 )
         elif kind is int:
-            if not MIN_INTEGER <= item <= MAX_INTEGER:
-                raise InvalidInput("integers must fit in 64 bits; send larger ones as strings")
+            if item.bit_length() > 64:
+                try:
+                    str(item)
+                except ValueError:  # more than sys.get_int_max_str_digits() (4,300) digits
+                    raise InvalidInput("integers must have at most 4300 digits") from None
         elif item is not None and kind is not bool:
             raise InvalidInput(f"{kind.__name__} is not a JSON value")
 

@@ -120,15 +120,23 @@ blp = Blueprint(
 
 
 class TwilioStatusCallbackSchema(ma.Schema):
-    """The form parameters Callwire reads (Twilio sends more; all are signed)."""
+    """The form parameters Callwire reads (Twilio sends more; all are signed).
+
+    All are text, as in any form; a value that is not what Twilio sends is read
+    as missing, never refused (a refusal would only make Twilio retry).
+    """
+
+    class Meta:
+        unknown = ma.EXCLUDE
 
     CallSid = ma.fields.String(metadata={"description": "The event's callId"})
     CallStatus = ma.fields.String(
         metadata={"description": "queued, initiated, ringing, in-progress, completed, busy, "
                   "no-answer, canceled, failed (data.providerStatus)"}
     )
-    SequenceNumber = ma.fields.Integer(
-        metadata={"description": "Order of the callbacks of one call; older ones are dropped"}
+    SequenceNumber = ma.fields.String(
+        metadata={"description": "Digits: order of the callbacks of one call; older ones "
+                  "are dropped"}
     )
     Direction = ma.fields.String(
         metadata={"description": "inbound: customerNumber is From; otherwise To"}
@@ -136,8 +144,8 @@ class TwilioStatusCallbackSchema(ma.Schema):
     From = ma.fields.String()
     To = ma.fields.String()
     Timestamp = ma.fields.String(metadata={"description": "RFC 2822 time of the status change"})
-    CallDuration = ma.fields.Integer(metadata={"description": "Seconds, on completed calls"})
-    SipResponseCode = ma.fields.Integer()
+    CallDuration = ma.fields.String(metadata={"description": "Digits: seconds, on completed calls"})
+    SipResponseCode = ma.fields.String(metadata={"description": "Digits"})
 
 
 def require_twilio_signature() -> None:
