@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import marshmallow as ma
-from flask import request
+from flask import current_app, request
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
@@ -15,6 +15,7 @@ from blueprints.schemas import (
     PublishAnswerSchema,
     PublishFailureSchema,
 )
+from webapp.bodies import read_body
 from webapp.brokers.base import BrokerUnavailable
 from webapp.config import normalise_email
 from webapp.events import EventDraft, PublishError, format_utc
@@ -113,6 +114,8 @@ class Events(MethodView):
     @blp.response(200, PublishAnswerSchema)
     @blp.alt_response(400, description="Invalid event or batch")
     @blp.alt_response(401, description="Missing or wrong X-API-Key")
+    @blp.alt_response(408, description="Body not received within HTTP_BODY_TIMEOUT")
+    @blp.alt_response(413, description="Body over 8 MiB")
     @blp.alt_response(
         409, description="The call belongs to another user, or the event has no userId "
         "and the call's owner is not known yet",
@@ -124,6 +127,7 @@ class Events(MethodView):
     def post(self) -> Any:
         """Publish one call status change, or a batch of up to 500 in order."""
         require_api_key()
+        read_body(current_app.config["MAX_CONTENT_LENGTH"], realtime().settings.body_timeout)
         body = request.get_json(silent=True, force=True)  # any Content-Type: backends vary
         if body is None:
             abort(400, message="Body must be a JSON event object or an array of them")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import g
+from flask import g, request
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
 from blueprints.schemas import JsonBodyParser, SuccessSchema, TestMessageSchema
 from webapp.auth import Identity
+from webapp.bodies import read_body
 from webapp.brokers.base import BrokerUnavailable
 from webapp.config import normalise_email
 from webapp.events import utc_timestamp
@@ -24,10 +25,16 @@ blp = Blueprint(
 blp.ARGUMENTS_PARSER = JsonBodyParser()
 
 
+#: Largest test message request body (SPEC §5 test endpoint; README): 64 KiB.
+MAX_TEST_MESSAGE_BYTES = 64 * 1024
+
+
 @blp.before_request
 def authenticate() -> None:
     """Verify the bearer token before the body is read: no identity is a 401, never a 400."""
     g.identity = current_identity()
+    if request.method == "POST":
+        read_body(MAX_TEST_MESSAGE_BYTES, realtime().settings.body_timeout)
 
 
 @blp.route("/test")
@@ -36,6 +43,8 @@ class TestMessage(MethodView):
     @blp.arguments(TestMessageSchema, error_status_code=400)
     @blp.response(200, SuccessSchema)
     @blp.alt_response(401, description="Missing or invalid token")
+    @blp.alt_response(408, description="Body not received within HTTP_BODY_TIMEOUT")
+    @blp.alt_response(413, description="Body over 64 KiB (MAX_TEST_MESSAGE_BYTES)")
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
         """Send a live-only test message to every connection of a user."""
         identity: Identity = g.identity

@@ -54,6 +54,7 @@ def serve(ws: Any) -> None:
     connection = WebSocketConnection(
         ws,
         send_queue=node.settings.send_queue,
+        send_queue_bytes=node.settings.send_queue_bytes,
         write_timeout=node.settings.write_timeout,
         remote=request.headers.get("X-Forwarded-For", request.remote_addr or ""),
     )

@@ -7,7 +7,9 @@ Google is our own self-signed one (STACK-NOTES).
 
 from __future__ import annotations
 
+import base64
 import datetime
+import json
 import time
 from collections.abc import Iterator
 
@@ -102,6 +104,45 @@ def test_missing_or_garbage_tokens_are_refused(emulator_verifier, token):
     assert str(refusal.value).startswith("Authentication failed")
 
 
+@pytest.mark.parametrize(
+    "claims", [{"email_verified": False}, {"email_verified": None}, {"email_verified": "true"}]
+)
+def test_unverified_emulator_email_is_refused_by_default(monkeypatch, emulator_verifier, claims):
+    token = emulator_token("alice@example.com", **claims)
+    with pytest.raises(AuthError, match="not verified"):
+        emulator_verifier.verify(token)
+    allowing = TokenVerifier(TEST_PROJECT, allow_unverified_emails=True)
+    try:
+        assert allowing.verify(token).email == "alice@example.com"
+    finally:
+        allowing.close()
+
+
+def test_emulator_token_without_email_verified_is_unverified(emulator_verifier):
+    header, body, _ = emulator_token("alice@example.com").split(".")
+    claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    del claims["email_verified"]
+    unsigned = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    with pytest.raises(AuthError, match="not verified"):
+        emulator_verifier.verify(f"{header}.{unsigned}.")
+
+
+@pytest.mark.parametrize("iat", [60, 3600])
+def test_emulator_token_issued_in_the_future_is_refused_as_in_production(
+    emulator_verifier, iat
+):
+    # firebase-admin skips iat in emulator mode; production refuses "used too early".
+    with pytest.raises(AuthError, match="future") as refusal:
+        emulator_verifier.verify(emulator_token("alice@example.com", iat=int(time.time()) + iat))
+    assert not isinstance(refusal.value, TokenExpired)
+
+
+@pytest.mark.parametrize("iat", ["now", None, True, float("nan")])
+def test_emulator_token_without_a_usable_iat_is_refused(emulator_verifier, iat):
+    with pytest.raises(AuthError):
+        emulator_verifier.verify(emulator_token("alice@example.com", iat=iat))
+
+
 def test_errors_never_repeat_the_token(emulator_verifier):
     token = emulator_token("alice@example.com", ttl=-10)
     with pytest.raises(AuthError) as refusal:
@@ -186,6 +227,7 @@ def signed_token(
     }
     if email is not None:
         claims["email"] = email
+        claims["email_verified"] = True
     claims.update(overrides)
     headers = {"kid": kid} if kid is not None else {}
     return jwt.encode(claims, key, algorithm=algorithm, headers=headers)
@@ -231,6 +273,29 @@ def test_forged_or_foreign_signed_tokens_are_refused(
     with pytest.raises(AuthError) as refusal:
         production_verifier.verify(make(signing_key, other_key))
     assert not isinstance(refusal.value, TokenExpired), case
+
+
+@pytest.mark.parametrize("verified", [False, None])
+def test_signed_token_with_unverified_email_is_refused_unless_allowed(
+    production_verifier, signing_key, verified
+):
+    if verified is None:
+        token = signed_token_without_email_verified(signing_key)
+    else:
+        token = signed_token(signing_key, email_verified=verified)
+    with pytest.raises(AuthError, match="not verified"):
+        production_verifier.verify(token)
+    allowing = TokenVerifier(PROJECT, allow_unverified_emails=True)
+    try:
+        assert allowing.verify(token).email == "alice@example.com"
+    finally:
+        allowing.close()
+
+
+def signed_token_without_email_verified(key: rsa.RSAPrivateKey) -> str:
+    claims = jwt.decode(signed_token(key), options={"verify_signature": False})
+    del claims["email_verified"]
+    return jwt.encode(claims, key, algorithm="RS256", headers={"kid": KID})
 
 
 def tamper(token: str) -> str:

@@ -187,3 +187,24 @@ def test_production_with_tokens_logs_no_warning(caplog):
     caplog.set_level(logging.INFO, logger="webapp.config")
     Settings.from_environ(PROD).log_summary()
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_production_says_at_start_up_that_signed_tokens_are_required(caplog):
+    caplog.set_level(logging.INFO, logger="webapp.config")
+    Settings.from_environ(PROD).log_summary()
+    assert "only Firebase ID tokens signed by Google for project callwire-prod" in caplog.text
+    caplog.clear()
+    settings().log_summary()
+    assert "signed by Google" not in caplog.text
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("true", True), ("false", False), ("", False)])
+def test_allow_unverified_emails_is_off_unless_asked_and_warned(caplog, raw, expected):
+    caplog.set_level(logging.INFO, logger="webapp.config")
+    configured = Settings.from_environ({**PROD, "ALLOW_UNVERIFIED_EMAILS": raw})
+    assert configured.allow_unverified_emails is expected
+    configured.log_summary()
+    warned = [r for r in caplog.records if "ALLOW_UNVERIFIED_EMAILS" in r.getMessage()]
+    assert bool(warned) is expected
+    with pytest.raises(ConfigError, match="ALLOW_UNVERIFIED_EMAILS"):
+        Settings.from_environ({**PROD, "ALLOW_UNVERIFIED_EMAILS": "maybe"})

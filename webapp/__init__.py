@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from flask import Flask
 
 from webapp.auth import TokenVerifier
+from webapp.bodies import CloseConnectionAfter
 from webapp.brokers import create_broker
 from webapp.config import load_settings
 from webapp.connection import InlineReader
@@ -60,8 +61,13 @@ def create_app(overrides: Mapping[str, str] | None = None) -> Flask:
         MAX_CONTENT_LENGTH=8 * 1024 * 1024,
     )
     app.json = StrictJSONProvider(app)
+    app.wsgi_app = CloseConnectionAfter(app.wsgi_app)  # type: ignore[method-assign]
     app.extensions["callwire"] = Realtime(
-        settings, create_broker(settings), TokenVerifier(settings.project_id)
+        settings,
+        create_broker(settings),
+        TokenVerifier(
+            settings.project_id, allow_unverified_emails=settings.allow_unverified_emails
+        ),
     )
 
     # Imported here: the blueprints depend on webapp, never the other way round.

@@ -1,9 +1,11 @@
 """Firebase ID token verification, shared by REST views and WebSocket sessions.
 
-firebase-admin checks signature, audience, issuer and expiry in production;
-in emulator mode (``FIREBASE_AUTH_EMULATOR_HOST``) it skips signature and
-expiry, so :meth:`TokenVerifier.verify` checks ``exp`` itself in every mode.
-Error messages never repeat the token.
+firebase-admin checks signature, audience, issuer, ``iat`` and expiry in
+production; in emulator mode (``FIREBASE_AUTH_EMULATOR_HOST``) it skips
+signature, ``iat`` and expiry, so :meth:`TokenVerifier.verify` checks ``exp``
+and ``iat`` itself in every mode. The email is the identity, so a token whose
+``email_verified`` is not true is refused unless ALLOW_UNVERIFIED_EMAILS says
+otherwise. Error messages never repeat the token.
 """
 
 from __future__ import annotations
@@ -55,8 +57,9 @@ class TokenVerifier:
 
     _init_lock = threading.Lock()
 
-    def __init__(self, project_id: str) -> None:
+    def __init__(self, project_id: str, *, allow_unverified_emails: bool = False) -> None:
         self.project_id = project_id
+        self.allow_unverified_emails = allow_unverified_emails
         with self._init_lock:
             self._app = firebase_admin.initialize_app(
                 google.auth.credentials.AnonymousCredentials(),
@@ -90,9 +93,20 @@ class TokenVerifier:
             raise AuthError("Authentication failed: token expiry is out of range")
         if expires_at <= time.time():
             raise TokenExpired("Authentication failed: token expired")
+        issued_at = claims.get("iat")
+        if not isinstance(issued_at, (int, float)) or isinstance(issued_at, bool):
+            raise AuthError("Authentication failed: token has no issue time")
+        if not issued_at <= time.time():
+            # google-auth refuses this in production ("used too early"); the
+            # emulator path skips it, so development must refuse it here.
+            raise AuthError("Authentication failed: token issued in the future")
         email = claims.get("email")
         if not isinstance(email, str) or not email.strip():
             raise AuthError("Authentication failed: token has no email claim")
+        if claims.get("email_verified") is not True and not self.allow_unverified_emails:
+            # Anyone can create an account with someone else's address; until
+            # it is verified, the email proves nothing and it is our identity.
+            raise AuthError("Authentication failed: email address not verified")
         return Identity(normalise_email(email), str(claims.get("sub", "")), float(expires_at))
 
     def close(self) -> None:

@@ -22,6 +22,10 @@ logger = logging.getLogger(__name__)
 DEV_PROJECT_ID = "demo-callwire"
 
 
+#: Default bound on the bytes waiting in one connection's outgoing queue (WS_SEND_QUEUE_BYTES).
+DEFAULT_SEND_QUEUE_BYTES = 4 * 1024 * 1024
+
+
 class ConfigError(RuntimeError):
     """The configuration cannot run; the message says what to change."""
 
@@ -90,6 +94,9 @@ class Settings:
     max_connections_per_user: int = 20
     send_queue: int = 1000
     write_timeout: float = 10.0
+    allow_unverified_emails: bool = False
+    body_timeout: float = 10.0
+    send_queue_bytes: int = DEFAULT_SEND_QUEUE_BYTES
 
     @property
     def development(self) -> bool:
@@ -119,6 +126,7 @@ class Settings:
             "WS_MAX_MESSAGE_BYTES": ("max_message_bytes", 64),
             "WS_MAX_CONNECTIONS_PER_USER": ("max_connections_per_user", 1),
             "WS_SEND_QUEUE": ("send_queue", 1),
+            "WS_SEND_QUEUE_BYTES": ("send_queue_bytes", 1024),
         }
         for name, (attr, minimum) in ints.items():
             if (raw := get(name)) is not None:
@@ -127,12 +135,15 @@ class Settings:
             "WS_PING_INTERVAL": ("ping_interval", 0.1),
             "WS_INIT_TIMEOUT": ("init_timeout", 0.1),
             "WS_WRITE_TIMEOUT": ("write_timeout", 0.1),
+            "HTTP_BODY_TIMEOUT": ("body_timeout", 0.1),
         }
         for name, (attr, minimum) in floats.items():
             if (raw := get(name)) is not None:
                 values[attr] = _as_float(name, raw, minimum)
         if (raw := get("WS_REQUIRE_TOKEN")) is not None:
             values["require_token"] = _as_bool("WS_REQUIRE_TOKEN", raw)
+        if (raw := get("ALLOW_UNVERIFIED_EMAILS")) is not None:
+            values["allow_unverified_emails"] = _as_bool("ALLOW_UNVERIFIED_EMAILS", raw)
         values["firebase_project_id"] = get("FIREBASE_PROJECT_ID") or get("GOOGLE_CLOUD_PROJECT")
         values["emulator_host"] = get("FIREBASE_AUTH_EMULATOR_HOST")
         values["redis_url"] = get("REDIS_URL")
@@ -175,6 +186,17 @@ class Settings:
                 "emulator tokens for project %s are accepted. Never run this in production.",
                 self.project_id,
             )
+        else:
+            logger.info(
+                "Production mode: only Firebase ID tokens signed by Google for project %s "
+                "are accepted (signature, audience, issuer, iat and exp checked).",
+                self.project_id,
+            )
+        if self.allow_unverified_emails:
+            logger.warning(
+                "ALLOW_UNVERIFIED_EMAILS=true: tokens whose email is not verified are "
+                "accepted, so anyone who signs up with someone else's address gets their events."
+            )
         if not self.require_token:
             logger.warning(
                 "WS_REQUIRE_TOKEN=false: WebSocket init trusts the userId a client sends "
@@ -193,6 +215,12 @@ class Settings:
             self.send_queue,
             self.history_size,
             self.history_ttl_seconds,
+        )
+        logger.info(
+            "callwire limits: send_queue_bytes=%d body_timeout=%ss unverified_emails=%s",
+            self.send_queue_bytes,
+            self.body_timeout,
+            "allowed" if self.allow_unverified_emails else "refused",
         )
 
 

@@ -31,6 +31,7 @@ from wsproto.utilities import LocalProtocolError
 
 from webapp import metrics
 from webapp.brokers.base import ConnectionInfo
+from webapp.config import DEFAULT_SEND_QUEUE_BYTES
 from webapp.events import event_id_order, utc_timestamp
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,11 @@ CLOSE_INTERNAL = 1011
 CLOSE_RESTART = 1012
 CLOSE_TOKEN_EXPIRED = 4001
 CLOSE_TOO_SLOW = 4008
+
+
+def frame_bytes(frame: str) -> int:
+    """Return the UTF-8 size of a frame (frames are mostly ASCII, which costs nothing)."""
+    return len(frame) if frame.isascii() else len(frame.encode("utf-8", "surrogatepass"))
 
 
 #: Queued frames after which delivery lets the writers run (``Hub.deliver``).
@@ -125,7 +131,13 @@ class Connection:
 
     transport_name = "abstract"
 
-    def __init__(self, *, send_queue: int, remote: str = "") -> None:
+    def __init__(
+        self,
+        *,
+        send_queue: int,
+        remote: str = "",
+        send_queue_bytes: int = DEFAULT_SEND_QUEUE_BYTES,
+    ) -> None:
         self.id = f"c{next(_ids)}"
         self.remote = remote
         self.user_id: str | None = None
@@ -133,7 +145,11 @@ class Connection:
         self.token_expires_at: float | None = None
         self.close_requested: tuple[int, str] | None = None
         self._limit = send_queue
-        self._queue: deque[tuple[str, float | None]] = deque()
+        self._byte_limit = send_queue_bytes
+        #: (frame, queued at, its UTF-8 size) of every frame not yet handed to the transport.
+        self._queue: deque[tuple[str, float | None, int]] = deque()
+        #: UTF-8 bytes of the frames in the queue, plus the one being written.
+        self._queued_bytes = 0
         self._writer: gevent.Greenlet | None = None
         self._closed = False
         #: Live events held back while history is read, or None when live.
@@ -178,16 +194,20 @@ class Connection:
         """Ask the session that owns this connection to close it (from any greenlet)."""
         if self.close_requested is None:
             self.close_requested = (code, reason)
-            self._queue.clear()
+            self._clear_queue()
             self._wake_session()
 
     def wants_writer_turn(self) -> bool:
         """True once enough waits in the queue that the writer should run before more comes.
 
-        Half the queue bound, at most :data:`WRITER_TURN_BACKLOG` frames: a client
-        that keeps up never gets near the bound during a burst.
+        Half the queue bound, at most :data:`WRITER_TURN_BACKLOG` frames, or half
+        the byte bound: a client that keeps up never gets near either bound
+        during a burst.
         """
-        return len(self._queue) >= min(WRITER_TURN_BACKLOG, max(1, self._limit // 2))
+        return (
+            len(self._queue) >= min(WRITER_TURN_BACKLOG, max(1, self._limit // 2))
+            or self._queued_bytes * 2 >= self._byte_limit
+        )
 
     def info(self) -> ConnectionInfo:
         """Describe this connection for the clients endpoint."""
@@ -206,7 +226,7 @@ class Connection:
     def mark_closed(self) -> None:
         """Stop accepting frames; called once the transport is gone."""
         self._closed = True
-        self._queue.clear()
+        self._clear_queue()
 
     # -- called by the hub (any greenlet) ---------------------------------------
 
@@ -229,15 +249,21 @@ class Connection:
     def _enqueue(self, frame: str, queued_at: float | None) -> bool:
         if self._closed or self.close_requested is not None:
             return False
-        if len(self._queue) >= self._limit:
+        size = frame_bytes(frame)
+        # A frame larger than the byte bound still goes out alone, so one big
+        # event cannot lock its owner out; behind others it overflows.
+        over_bytes = self._queued_bytes > 0 and self._queued_bytes + size > self._byte_limit
+        if len(self._queue) >= self._limit or over_bytes:
             metrics.SLOW_CLIENTS_DROPPED.inc()
             logger.warning(
-                "connection %s user=%s too slow: %d messages waiting, closing with 4008",
-                self.id, self.user_id, len(self._queue),
+                "connection %s user=%s too slow: %d messages (%d bytes) waiting, "
+                "closing with 4008",
+                self.id, self.user_id, len(self._queue), self._queued_bytes,
             )
             self.request_close(CLOSE_TOO_SLOW, "Too slow: outgoing queue is full")
             return False
-        self._queue.append((frame, queued_at))
+        self._queue.append((frame, queued_at, size))
+        self._queued_bytes += size
         if self._writer is None:
             self._writer = gevent.spawn(self._drain)
         return True
@@ -246,7 +272,8 @@ class Connection:
         """Write queued frames until the queue is empty, then let the greenlet end."""
         try:
             while self._queue and not self._closed:
-                frame, queued_at = self._queue.popleft()
+                frame, queued_at, size = self._queue.popleft()
+                # Still counted while written: the frame and its encodings are in memory.
                 try:
                     self._write(frame)
                 except Exception as error:  # noqa: BLE001 - any transport failure ends the client
@@ -256,11 +283,19 @@ class Connection:
                     )
                     self.request_close(CLOSE_TOO_SLOW, "Too slow: write timed out")
                     return
+                finally:
+                    self._queued_bytes -= size
                 if queued_at is not None:
                     metrics.EVENTS_DELIVERED.inc()
                     metrics.DELIVERY_LATENCY.observe(time.monotonic() - queued_at)
         finally:
             self._writer = None
+
+    def _clear_queue(self) -> None:
+        """Drop every waiting frame (the one being written stays counted until it is done)."""
+        for _frame, _queued_at, size in self._queue:
+            self._queued_bytes -= size
+        self._queue.clear()
 
     def _write(self, frame: str) -> None:
         raise NotImplementedError
@@ -301,9 +336,15 @@ class WebSocketConnection(Connection):
     transport_name = "websocket"
 
     def __init__(
-        self, ws: Any, *, send_queue: int, write_timeout: float, remote: str = ""
+        self,
+        ws: Any,
+        *,
+        send_queue: int,
+        write_timeout: float,
+        remote: str = "",
+        send_queue_bytes: int = DEFAULT_SEND_QUEUE_BYTES,
     ) -> None:
-        super().__init__(send_queue=send_queue, remote=remote)
+        super().__init__(send_queue=send_queue, remote=remote, send_queue_bytes=send_queue_bytes)
         self._ws = ws
         self._write_timeout = write_timeout
         #: The hub's read watcher on the socket, made on first receive.

@@ -16,6 +16,7 @@ from flask import current_app
 
 from webapp import metrics
 from webapp.auth import TokenVerifier
+from webapp.bodies import cut_reads
 from webapp.brokers.base import Broker, BrokerUnavailable, ConnectionInfo, Snapshot
 from webapp.config import Settings
 from webapp.connection import CLOSE_RESTART, Connection
@@ -59,6 +60,7 @@ class Realtime:
         for connection in connections:
             connection.request_close(CLOSE_RESTART, "Server restarting")
         logger.info("shutdown: closing %d connections with 1012", len(connections))
+        cut_reads()
         return len(connections)
 
     # -- Node (called by the broker) --------------------------------------------

@@ -30,12 +30,16 @@ from blueprints.webhooks.source import (
     text,
 )
 from blueprints.webhooks.twilio_signature import public_url, signature_valid
+from webapp.bodies import read_body
 from webapp.events import EventDraft
 from webapp.realtime import realtime
 
 logger = logging.getLogger(__name__)
 
 SOURCE = "twilio"
+
+#: Largest status callback body accepted: Twilio's are about 1-2 KB of form fields.
+MAX_CALLBACK_BYTES = 64 * 1024
 
 #: ``data.type`` of events made from Twilio callbacks.
 DATA_TYPE = "twilio-status-callback"
@@ -153,8 +157,13 @@ def require_twilio_signature() -> None:
     token = realtime().settings.twilio_auth_token
     if token is None:
         abort(404, message="The Twilio webhook is disabled: set TWILIO_AUTH_TOKEN to enable it")
-    url = public_url(request.environ)
     presented = request.headers.get("X-Twilio-Signature")
+    if not presented:
+        # Checked before the body is read: an unsigned request costs nothing.
+        logger.warning("twilio webhook: missing X-Twilio-Signature")
+        abort(401, message="Missing or wrong X-Twilio-Signature")
+    read_body(MAX_CALLBACK_BYTES, realtime().settings.body_timeout)
+    url = public_url(request.environ)
     if not signature_valid(token, url, request.form.items(multi=True), presented):
         logger.warning("twilio webhook: %s X-Twilio-Signature for %s",
                        "wrong" if presented else "missing", url)
@@ -181,6 +190,8 @@ class TwilioWebhook(MethodView):
     @blp.response(200, WebhookAnswerSchema)
     @blp.alt_response(401, description="Missing or wrong X-Twilio-Signature")
     @blp.alt_response(404, description="Disabled: TWILIO_AUTH_TOKEN is not set")
+    @blp.alt_response(408, description="Body not received within HTTP_BODY_TIMEOUT")
+    @blp.alt_response(413, description="Body over 64 KiB")
     @blp.alt_response(503, description="Broker unavailable; Twilio should retry")
     def post(self) -> dict[str, Any]:
         """Receive a Twilio voice status callback and publish it as a call event."""

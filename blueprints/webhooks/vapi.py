@@ -14,7 +14,7 @@ import re
 from dataclasses import replace
 from typing import Any
 
-from flask import request
+from flask import current_app, request
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
@@ -28,6 +28,7 @@ from blueprints.webhooks.source import (
     shown,
     text,
 )
+from webapp.bodies import read_body
 from webapp.brokers.base import BrokerUnavailable
 from webapp.events import EventDraft
 from webapp.guards import secret_matches
@@ -279,10 +280,13 @@ class VapiWebhook(MethodView):
     @blp.alt_response(400, description="Not JSON, or not a Vapi server message")
     @blp.alt_response(401, description="Missing or wrong secret")
     @blp.alt_response(404, description="Disabled: VAPI_WEBHOOK_SECRET is not set")
+    @blp.alt_response(408, description="Body not received within HTTP_BODY_TIMEOUT")
+    @blp.alt_response(413, description="Body over 8 MiB")
     @blp.alt_response(503, description="Broker unavailable; Vapi should retry")
     def post(self) -> dict[str, Any]:
         """Receive a Vapi server message; publish status-update and end-of-call-report."""
         require_vapi_secret()
+        read_body(current_app.config["MAX_CONTENT_LENGTH"], realtime().settings.body_timeout)
         try:
             outcome = translate(request.get_json(force=True, silent=True))
         except NotAServerMessage as error:

@@ -21,7 +21,10 @@ def emulator_token(
     uid: str | None = None,
     **claims: object,
 ) -> str:
-    """Return an unsigned (alg none) token as the Firebase Auth emulator issues them."""
+    """Return an unsigned (alg none) token as the Firebase Auth emulator issues them.
+
+    The email is verified unless ``email_verified=False`` is passed.
+    """
     now = int(time.time())
     body = {
         "iss": f"https://securetoken.google.com/{project}",
@@ -34,4 +37,5 @@ def emulator_token(
     }
     if email is not None:
         body["email"] = email
+        body.setdefault("email_verified", True)
     return f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(body)}."
