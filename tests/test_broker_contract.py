@@ -398,7 +398,7 @@ def test_a_refused_publish_does_not_consume_its_idempotency_key(broker, node):
 def test_unknown_call_without_user_id_is_refused(broker, node):
     with pytest.raises(UnknownOwner) as refused:
         publish(broker, "call-orphan", "ringing", None)
-    assert refused.value.status == 400
+    assert refused.value.status == 409  # the body was valid; the call's state refuses it
     assert broker.call_state("call-orphan") is None
     node.settle(broker, ALICE)
     assert node.events(ALICE) == []

@@ -267,7 +267,7 @@ def test_vapi_lone_surrogate_is_refused(live):
     assert call_status(live, call_id, user).status_code == 404
 
 
-@pytest.mark.parametrize("call_sid", ["CA/slash", "C" * 100_000])
+@pytest.mark.parametrize("call_sid", ["CA/slash", "C" * 10_000])  # Twilio bodies stop at 64 KiB
 def test_twilio_callbacks_breaking_the_rules_are_refused(live, call_sid):
     user = new_user()
     url = f"{live.http}/api/v6/call/webhook/twilio?userId={quote(user, safe='')}"
