@@ -16,6 +16,7 @@ import json
 import os
 import struct
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -63,7 +64,8 @@ def encode_frame(opcode: int, payload: bytes) -> bytes:
 class RawClient:
     """One browser-like WebSocket connection to Callwire."""
 
-    __slots__ = ("sock", "_buffer", "extensions", "user_id", "close_code", "on_text", "reader")
+    __slots__ = ("sock", "_buffer", "extensions", "user_id", "close_code", "on_text", "reader",
+                 "_inflater")
 
     def __init__(self) -> None:
         self.sock: socket.socket | None = None
@@ -74,6 +76,11 @@ class RawClient:
         self.close_code: int | None = None
         self.on_text: OnText | None = None
         self.reader: gevent.Greenlet | None = None
+        #: Set when the server accepted permessage-deflate (peers such as Flask-SocketIO do).
+        self._inflater: Any = None
+
+    #: The request path of the upgrade.
+    path = "/"
 
     # -- opening -----------------------------------------------------------------
 
@@ -85,23 +92,27 @@ class RawClient:
             key = base64.b64encode(os.urandom(16)).decode()
             self.sock.sendall(
                 (
-                    f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                    f"GET {self.path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
                     f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
                     f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n"
                     f"Origin: http://{host}:{port}\r\nUser-Agent: callwire-bench\r\n\r\n"
                 ).encode()
             )
             self._read_upgrade(key)
-            self.send_text(json.dumps({"type": "init", "payload": init_payload}))
-            while True:
-                opcode, payload = self.read_frame()
-                if opcode == OP_TEXT:
-                    message = json.loads(payload)
-                    if message.get("type") == "connected":
-                        self.user_id = message["userId"]
-                        return
-                    if message.get("type") == "error":
-                        raise HandshakeError(f"init refused: {message.get('message')}")
+            self.identify(init_payload)
+
+    def identify(self, init_payload: dict[str, Any]) -> None:
+        """Send the init frame and wait for ``connected`` (the raw Callwire protocol)."""
+        self.send_text(json.dumps({"type": "init", "payload": init_payload}))
+        while True:
+            opcode, payload = self.read_frame()
+            if opcode == OP_TEXT:
+                message = json.loads(payload)
+                if message.get("type") == "connected":
+                    self.user_id = message["userId"]
+                    return
+                if message.get("type") == "error":
+                    raise HandshakeError(f"init refused: {message.get('message')}")
 
     def _read_upgrade(self, key: str) -> None:
         while b"\r\n\r\n" not in self._buffer:
@@ -119,6 +130,8 @@ class RawClient:
         if headers.get("sec-websocket-accept") != expected:
             raise HandshakeError("wrong Sec-WebSocket-Accept")
         self.extensions = headers.get("sec-websocket-extensions", "")
+        if "permessage-deflate" in self.extensions:
+            self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
 
     # -- frames ------------------------------------------------------------------
 
@@ -156,6 +169,8 @@ class RawClient:
             payload = bytes(self._buffer[offset : offset + length])
             del self._buffer[: offset + length]
             opcode = first & 0x0F
+            if first & 0x40 and self._inflater is not None:  # RSV1: a compressed message
+                payload = self._inflater.decompress(payload + b"\x00\x00\xff\xff")
             if not first & 0x80:
                 raise ClosedError(None, "fragmented frames are not expected from Callwire")
             if opcode == OP_PING:
@@ -179,11 +194,16 @@ class RawClient:
         try:
             while True:
                 opcode, payload = self.read_frame()
-                if opcode == OP_TEXT and self.on_text is not None:
-                    self.on_text(payload.decode(), time.monotonic())
+                if opcode == OP_TEXT:
+                    self.on_frame(payload.decode(), time.monotonic())
         except (ClosedError, OSError):
             if self.close_code is None:
                 self.close_code = -1
+
+    def on_frame(self, text: str, arrived: float) -> None:
+        """Hand a text frame to ``on_text`` (transports that wrap messages unwrap them here)."""
+        if self.on_text is not None:
+            self.on_text(text, arrived)
 
     @property
     def alive(self) -> bool:
@@ -196,3 +216,51 @@ class RawClient:
             self.reader.kill(block=False)
         if self.sock is not None:
             self.sock.close()
+
+
+class SocketIOClient(RawClient):
+    """A socket.io-client on WebSocket only (Socket.IO v5 over Engine.IO v4), for the peer.
+
+    Opens the Engine.IO socket, connects to namespace ``/``, emits ``init``
+    with the user id (what Flask-SocketIO apps do), answers Engine.IO pings
+    and hands the argument of every event to ``on_text`` as JSON text.
+    """
+
+    __slots__ = ()
+    path = "/socket.io/?EIO=4&transport=websocket"
+
+    def identify(self, init_payload: dict[str, Any]) -> None:
+        """Engine.IO open, namespace connect, ``init``; wait for the ``connected`` event."""
+        self._expect("0")
+        self.send_text("40")
+        self._expect("40")
+        self.send_text("42" + json.dumps(["init", {"userId": init_payload["userId"]}]))
+        name, body = self._event(self._expect("42"))
+        if name != "connected":
+            raise HandshakeError(f"init answered with {name}")
+        self.user_id = json.loads(body)["userId"]
+
+    def _expect(self, prefix: str) -> str:
+        while True:
+            opcode, payload = self.read_frame()
+            if opcode != OP_TEXT:
+                continue
+            text = payload.decode()
+            if text == "2":
+                self.send_text("3")
+            elif text.startswith(prefix):
+                return text
+            elif text.startswith("44"):
+                raise HandshakeError(f"connect refused: {text}")
+
+    @staticmethod
+    def _event(text: str) -> tuple[str, str]:
+        """Split ``42["name",{...}]`` into the name and the argument's JSON (no re-encoding)."""
+        comma = text.index(",", 2)
+        return json.loads(text[2:comma] + "]")[0], text[comma + 1 : -1]
+
+    def on_frame(self, text: str, arrived: float) -> None:
+        if text == "2":
+            self.send_text("3")
+        elif text.startswith("42") and self.on_text is not None:
+            self.on_text(self._event(text)[1], arrived)

@@ -696,3 +696,91 @@ def test_transient_message_during_the_seam_is_delivered_after_history(seam):
         "connected", "call.status.changed", "test.event",
     ]
     assert frames[1]["id"] == first.id and "id" not in frames[2]
+
+
+# -- batches: every rule of a single publish, per draft, in order -------------------------------
+
+
+def kind(outcome: PublishResult | Exception) -> str:
+    """Name an outcome so batch and single publishes can be compared."""
+    if isinstance(outcome, Exception):
+        return type(outcome).__name__
+    if outcome.dropped:
+        return outcome.dropped
+    # Every user here holds a connection: only a retried key answers delivered 0.
+    return "accepted" if outcome.delivered else "cached"
+
+
+def single_outcome(broker: Broker, draft: EventDraft) -> PublishResult | Exception:
+    try:
+        return broker.publish(draft)
+    except (OwnershipConflict, UnknownOwner) as refusal:
+        return refusal
+
+
+def test_a_batch_answers_each_draft_as_if_published_alone(broker, node):
+    drafts = [
+        EventDraft("b-1", "initiated", ALICE),
+        EventDraft("b-1", "initiated", ALICE),  # duplicate
+        EventDraft("b-1", "ringing", BOB),  # another owner: refused, nothing stored
+        EventDraft("b-orphan", "ringing", None),  # unknown owner
+        EventDraft("b-1", "ringing", None, idempotency_key="bk-1"),  # owner known by now
+        EventDraft("b-1", "ringing", None, idempotency_key="bk-1"),  # retried key
+        EventDraft("b-1", "initiated", ALICE),  # stale
+        EventDraft("b-2", "initiated", BOB),
+        EventDraft("b-1", "ended", ALICE),
+    ]
+    outcomes = broker.publish_batch(drafts)
+    assert [kind(o) for o in outcomes] == [
+        "accepted", "duplicate", "OwnershipConflict", "UnknownOwner", "accepted", "cached",
+        "stale", "accepted", "accepted",
+    ]
+    assert outcomes[2].status == 409 and outcomes[3].status == 409
+    assert (outcomes[5].id, outcomes[5].delivered) == (outcomes[4].id, 0)
+    accepted_alice = [outcomes[i].id for i in (0, 4, 8)]
+    assert accepted_alice == sorted(accepted_alice) and all(o.delivered == 1 for o in
+                                                            (outcomes[0], outcomes[7]))
+    assert ids(node.wait_for_events(ALICE, 3)) == accepted_alice
+    assert ids(node.wait_for_events(BOB, 1)) == [outcomes[7].id]
+    node.settle(broker, ALICE)
+    assert len(node.events(ALICE)) == 3
+    state = broker.call_state("b-1")
+    assert (state.owner, state.status, state.event["id"]) == (ALICE, "ended", outcomes[8].id)
+    assert broker.call_state("b-orphan") is None
+
+
+def test_a_batch_and_the_same_drafts_one_by_one_agree(make_broker, node):
+    """A seeded mix of statuses, owners, sequence numbers and keys, both ways."""
+    import random
+
+    rng = random.Random(10)
+    statuses = ["initiated", "ringing", "in-progress", "ended", "failed"]
+    plan = []
+    for _ in range(240):  # more than one chunk of the Redis broker
+        plan.append((
+            f"mix-{rng.randrange(12)}", rng.choice(statuses),
+            rng.choice([ALICE, ALICE, BOB, None]),
+            rng.choice([None, None, rng.randrange(5)]),
+            rng.choice([None, None, None, f"key-{rng.randrange(8)}"]),
+        ))
+
+    def drafts(prefix: str) -> list[EventDraft]:
+        return [EventDraft(f"{prefix}{call}", status, user,
+                           idempotency_key=f"{prefix}{key}" if key else None, sequence=seq)
+                for call, status, user, seq, key in plan]
+
+    one_by_one = make_broker(node)
+    singles = [single_outcome(one_by_one, d) for d in drafts("single-")]
+    batched = make_broker(RecordingNode({ALICE: 1, BOB: 1})).publish_batch(drafts("batch-"))
+    assert [kind(o) for o in batched] == [kind(o) for o in singles]
+    assert len({kind(o) for o in singles}) >= 5  # the plan does exercise the rules
+
+
+def test_a_long_batch_keeps_its_order(broker, node):
+    drafts = [EventDraft(f"long-{n}", "ringing", ALICE) for n in range(230)]
+    outcomes = broker.publish_batch(drafts)
+    assert all(o.dropped is None for o in outcomes)
+    answered = [o.id for o in outcomes]
+    assert answered == sorted(answered) and len(set(answered)) == 230
+    assert ids(node.wait_for_events(ALICE, 230)) == answered
+    assert [m["callId"] for m in node.events(ALICE)] == [d.call_id for d in drafts]

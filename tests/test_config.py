@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import resource
 
 import pytest
 
@@ -208,3 +209,34 @@ def test_allow_unverified_emails_is_off_unless_asked_and_warned(caplog, raw, exp
     assert bool(warned) is expected
     with pytest.raises(ConfigError, match="ALLOW_UNVERIFIED_EMAILS"):
         Settings.from_environ({**PROD, "ALLOW_UNVERIFIED_EMAILS": "maybe"})
+
+
+def test_limit_settings_defaults_and_overrides():
+    s = Settings.from_environ(PROD)
+    assert s.send_queue_bytes == 4 * 1024 * 1024
+    assert s.body_timeout == 10
+    assert s.max_pending_per_address == 1000
+    assert s.forwarded_for_hops == 0
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    assert s.max_connections == min(soft, 20000) * 9 // 10
+    s = Settings.from_environ({**PROD, "WS_SEND_QUEUE_BYTES": "65536", "HTTP_BODY_TIMEOUT": "2.5",
+                               "WS_MAX_CONNECTIONS": "50", "WS_MAX_PENDING_PER_ADDRESS": "5",
+                               "FORWARDED_FOR_HOPS": "2"})
+    assert (s.send_queue_bytes, s.body_timeout, s.max_connections,
+            s.max_pending_per_address, s.forwarded_for_hops) == (65536, 2.5, 50, 5, 2)
+
+
+def test_on_heroku_the_router_is_a_trusted_hop_unless_told_otherwise():
+    assert Settings.from_environ({**PROD, "DYNO": "web.1"}).forwarded_for_hops == 1
+    assert Settings.from_environ(
+        {**PROD, "DYNO": "web.1", "FORWARDED_FOR_HOPS": "0"}).forwarded_for_hops == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [("WS_SEND_QUEUE_BYTES", "100"), ("HTTP_BODY_TIMEOUT", "0"), ("WS_MAX_CONNECTIONS", "0"),
+     ("WS_MAX_PENDING_PER_ADDRESS", "x"), ("FORWARDED_FOR_HOPS", "-1")],
+)
+def test_bad_limit_settings_are_refused(name, raw):
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_environ({**PROD, name: raw})

@@ -378,3 +378,46 @@ def test_unix_socket_url(tmp_path, brokers):
     finally:
         process.kill()
         process.wait(timeout=10)
+
+
+# -- a batch when Redis goes away part way -------------------------------------------------
+
+
+def test_a_batch_cut_off_by_an_outage_says_which_drafts_were_answered(redis_url, brokers):
+    from tests.support.tcp_proxy import CuttingProxy
+    from webapp.brokers.base import BatchInterrupted
+    from webapp.brokers.redis import BATCH_CHUNK
+
+    direct = redis.Redis.from_url(redis_url)
+    proxy = CuttingProxy(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
+    try:
+        broker = brokers(proxy.url)  # not started: only publishes use the proxy
+        broker.publish(ringing("cut-warm-up"))  # loads the script
+        drafts = [ringing(f"cut-{n}", idempotency_key=f"cut-key-{n}")
+                  for n in range(2 * BATCH_CHUNK + 50)]
+        proxy.cut_after(b"accept")  # Redis vanishes right after answering the first chunk
+        with pytest.raises(BatchInterrupted) as interrupted:
+            broker.publish_batch(drafts)
+        assert proxy.wait_cut(1)
+        answered = interrupted.value.outcomes
+        assert len(answered) == BATCH_CHUNK
+        assert all(o.id is not None and o.dropped is None for o in answered)
+        # Exactly the answered drafts are stored, in order; nothing after them ran.
+        stored = [m.decode() for m in direct.zrange("callwire:u:alice@example.com:h", 0, -1)]
+        assert len(stored) == 1 + BATCH_CHUNK
+        assert direct.hget("callwire:call:cut-99", "status") == b"ringing"
+        assert not direct.exists("callwire:call:cut-100")
+        with pytest.raises(BrokerUnavailable):  # still down: a new batch fails whole
+            broker.publish_batch(drafts[BATCH_CHUNK:])
+
+        # Back up, the client retries the whole batch: its keys answer the first part
+        # with what it answered then, and the rest is published now.
+        proxy.restore()
+        retried = broker.publish_batch(drafts)
+        assert [o.id for o in retried[:BATCH_CHUNK]] == [o.id for o in answered]
+        assert all(o.delivered == 0 for o in retried[:BATCH_CHUNK])
+        rest = [o.id for o in retried[BATCH_CHUNK:]]
+        assert None not in rest and rest == sorted(rest) and rest[0] > answered[-1].id
+    finally:
+        proxy.close()
+        direct.close()

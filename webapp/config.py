@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import resource
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -24,6 +25,24 @@ DEV_PROJECT_ID = "demo-callwire"
 
 #: Default bound on the bytes waiting in one connection's outgoing queue (WS_SEND_QUEUE_BYTES).
 DEFAULT_SEND_QUEUE_BYTES = 4 * 1024 * 1024
+
+
+#: The Procfile's ``--worker-connections``: gunicorn serves at most this many
+#: connections (sockets and HTTP requests together) per worker.
+PROCFILE_WORKER_CONNECTIONS = 20000
+
+
+def default_max_connections() -> int:
+    """Return 90% of the smaller of this process's open-file limit and worker_connections.
+
+    The rest is left for HTTP requests, Redis and log files, so the worker
+    refuses sockets (503) before it runs out of descriptors.
+    """
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    ceiling = PROCFILE_WORKER_CONNECTIONS
+    if soft != resource.RLIM_INFINITY:
+        ceiling = min(ceiling, soft)
+    return max(1, ceiling * 9 // 10)
 
 
 class ConfigError(RuntimeError):
@@ -97,6 +116,9 @@ class Settings:
     allow_unverified_emails: bool = False
     body_timeout: float = 10.0
     send_queue_bytes: int = DEFAULT_SEND_QUEUE_BYTES
+    max_connections: int = field(default_factory=default_max_connections)
+    max_pending_per_address: int = 1000
+    forwarded_for_hops: int = 0
 
     @property
     def development(self) -> bool:
@@ -127,6 +149,9 @@ class Settings:
             "WS_MAX_CONNECTIONS_PER_USER": ("max_connections_per_user", 1),
             "WS_SEND_QUEUE": ("send_queue", 1),
             "WS_SEND_QUEUE_BYTES": ("send_queue_bytes", 1024),
+            "WS_MAX_CONNECTIONS": ("max_connections", 1),
+            "WS_MAX_PENDING_PER_ADDRESS": ("max_pending_per_address", 1),
+            "FORWARDED_FOR_HOPS": ("forwarded_for_hops", 0),
         }
         for name, (attr, minimum) in ints.items():
             if (raw := get(name)) is not None:
@@ -142,6 +167,10 @@ class Settings:
                 values[attr] = _as_float(name, raw, minimum)
         if (raw := get("WS_REQUIRE_TOKEN")) is not None:
             values["require_token"] = _as_bool("WS_REQUIRE_TOKEN", raw)
+        if get("FORWARDED_FOR_HOPS") is None and get("DYNO") is not None:
+            # On Heroku (which sets DYNO) every request comes through its router,
+            # which appends the address it saw to X-Forwarded-For.
+            values["forwarded_for_hops"] = 1
         if (raw := get("ALLOW_UNVERIFIED_EMAILS")) is not None:
             values["allow_unverified_emails"] = _as_bool("ALLOW_UNVERIFIED_EMAILS", raw)
         values["firebase_project_id"] = get("FIREBASE_PROJECT_ID") or get("GOOGLE_CLOUD_PROJECT")
@@ -217,9 +246,13 @@ class Settings:
             self.history_ttl_seconds,
         )
         logger.info(
-            "callwire limits: send_queue_bytes=%d body_timeout=%ss unverified_emails=%s",
+            "callwire limits: send_queue_bytes=%d body_timeout=%ss max_connections=%d "
+            "max_pending_per_address=%d forwarded_for_hops=%d unverified_emails=%s",
             self.send_queue_bytes,
             self.body_timeout,
+            self.max_connections,
+            self.max_pending_per_address,
+            self.forwarded_for_hops,
             "allowed" if self.allow_unverified_emails else "refused",
         )
 

@@ -21,7 +21,7 @@ import socket
 import struct
 import time
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 import gevent.lock
@@ -33,6 +33,9 @@ from webapp import metrics
 from webapp.brokers.base import ConnectionInfo
 from webapp.config import DEFAULT_SEND_QUEUE_BYTES
 from webapp.events import event_id_order, utc_timestamp
+
+if TYPE_CHECKING:
+    from webapp.admission import Ticket
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +153,8 @@ class Connection:
         self._queue: deque[tuple[str, float | None, int]] = deque()
         #: UTF-8 bytes of the frames in the queue, plus the one being written.
         self._queued_bytes = 0
+        #: This client's place under the handshake caps (``webapp.admission``), if any.
+        self.admission: Ticket | None = None
         self._writer: gevent.Greenlet | None = None
         self._closed = False
         #: Live events held back while history is read, or None when live.

@@ -10,20 +10,29 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections import Counter
 from typing import Any
 
 from flask import current_app
 
 from webapp import metrics
+from webapp.admission import Admission
 from webapp.auth import TokenVerifier
 from webapp.bodies import cut_reads
-from webapp.brokers.base import Broker, BrokerUnavailable, ConnectionInfo, Snapshot
+from webapp.brokers.base import (
+    BatchInterrupted,
+    Broker,
+    BrokerUnavailable,
+    ConnectionInfo,
+    Outcome,
+    Snapshot,
+)
 from webapp.config import Settings
 from webapp.connection import CLOSE_RESTART, Connection
 from webapp.events import EventDraft, PublishError, PublishResult
 from webapp.hub import Hub
 from webapp.protocol import connected, encode
-from webapp.validation import check_draft, check_message
+from webapp.validation import InvalidEvent, check_draft, check_message
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +45,8 @@ class Realtime:
         self.broker = broker
         self.verifier = verifier
         self.hub = Hub(settings.max_connections_per_user)
+        #: Handshake caps: sockets per worker, and per address until init.
+        self.admission = Admission(settings.max_connections, settings.max_pending_per_address)
         #: Every open connection, initialised or not (the hub holds initialised ones).
         self._open: set[Connection] = set()
         self.shutting_down = False
@@ -79,15 +90,32 @@ class Realtime:
         The draft is checked in full before the broker sees it: a refused
         event (:class:`~webapp.validation.InvalidEvent`) stores nothing.
         """
+        outcome = self.publish_batch([draft], source)[0]
+        if isinstance(outcome, PublishError):
+            raise outcome
+        return outcome
+
+    def publish_batch(self, drafts: list[EventDraft], source: str) -> list[Outcome]:
+        """Publish events in order; one outcome (result or refusal) per draft.
+
+        Every draft is checked first (:func:`~webapp.validation.check_draft`):
+        an invalid one is answered with its :class:`~webapp.validation.InvalidEvent`
+        and never reaches the broker, so it stores nothing.
+        Raises BrokerUnavailable, or BatchInterrupted with the outcomes known
+        when the broker went away part way.
+        """
         self.ensure_started()
+        refusals = [_refusal(draft) for draft in drafts]
+        valid = [draft for draft, refusal in zip(drafts, refusals, strict=True) if refusal is None]
         try:
-            check_draft(draft)
-            result = self.broker.publish(draft)
-        except PublishError:
-            metrics.EVENTS_IN.labels(source, "refused").inc()
-            raise
-        metrics.EVENTS_IN.labels(source, result.dropped or "accepted").inc()
-        return result
+            published = self.broker.publish_batch(valid) if valid else []
+        except BatchInterrupted as interruption:
+            known = _in_order(refusals, interruption.outcomes)
+            _count_events(source, known)
+            raise BatchInterrupted(str(interruption), known) from interruption
+        outcomes = _in_order(refusals, published)
+        _count_events(source, outcomes)
+        return outcomes
 
     def publish_transient(self, user_id: str, message: dict[str, Any]) -> int:
         """Send a live-only message (test messages) to every connection of a user.
@@ -118,6 +146,8 @@ class Realtime:
             connection.end_seam([], None)
             raise
         connection.mark_initialised(user_id)
+        if connection.admission is not None:
+            connection.admission.initialised()
         self.broker.presence_changed()
         recovered: bool | None = None
         snapshot = Snapshot([], None)
@@ -154,11 +184,50 @@ class Realtime:
     def detach(self, connection: Connection) -> None:
         """Forget a connection that has closed."""
         self._open.discard(connection)
+        if connection.admission is not None:
+            connection.admission.release()
         self.hub.remove(connection)
         connection.mark_closed()
         if connection.user_id is not None:
             self.broker.presence_changed()
 
+
+
+def _refusal(draft: EventDraft) -> InvalidEvent | None:
+    """Return why ``draft`` may not be published, or None when it may."""
+    try:
+        check_draft(draft)
+    except InvalidEvent as refusal:
+        return refusal
+    return None
+
+
+def _in_order(refusals: list[InvalidEvent | None], published: list[Outcome]) -> list[Outcome]:
+    """Put the broker's outcomes back between the refusals, in the drafts' order.
+
+    Stops at the first valid draft without an outcome (a batch the broker could
+    not finish): nothing is known from there on.
+    """
+    answers = iter(published)
+    outcomes: list[Outcome] = []
+    for refusal in refusals:
+        if refusal is not None:
+            outcomes.append(refusal)
+            continue
+        answer = next(answers, None)
+        if answer is None:
+            break
+        outcomes.append(answer)
+    return outcomes
+
+
+def _count_events(source: str, outcomes: list[Outcome]) -> None:
+    """Count events in by outcome, one metric update per kind of outcome."""
+    counts = Counter(
+        "refused" if isinstance(o, PublishError) else o.dropped or "accepted" for o in outcomes
+    )
+    for outcome, count in counts.items():
+        metrics.EVENTS_IN.labels(source, outcome).inc(count)
 
 
 def realtime() -> Realtime:

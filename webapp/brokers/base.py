@@ -12,11 +12,23 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from webapp.events import CallState, EventDraft, PublishResult
+from webapp.events import CallState, EventDraft, PublishError, PublishResult
+
+#: What a batch publish answers for one draft: its result, or why it was refused.
+Outcome = PublishResult | PublishError
 
 
 class BrokerUnavailable(Exception):
     """The broker's backing store cannot be reached right now; retry later."""
+
+
+class BatchInterrupted(BrokerUnavailable):
+    """The store went away during a batch; ``outcomes`` holds the drafts answered before."""
+
+    def __init__(self, message: str, outcomes: list[Outcome]) -> None:
+        super().__init__(message)
+        #: Outcomes of the first ``len(outcomes)`` drafts; nothing is known of the rest.
+        self.outcomes = outcomes
 
 
 @dataclass(frozen=True)
@@ -78,6 +90,25 @@ class Broker(ABC):
         :class:`webapp.events.UnknownOwner` for refused drafts (nothing is
         stored or sent) and :class:`BrokerUnavailable` when the store is down.
         """
+
+    def publish_batch(self, drafts: list[EventDraft]) -> list[Outcome]:
+        """Publish ``drafts`` in order, each as :meth:`publish` would; one outcome per draft.
+
+        A refused draft's outcome is its :class:`~webapp.events.PublishError`
+        and the next draft is still published. When the store goes away part
+        way, raises :class:`BatchInterrupted` carrying the outcomes of the
+        drafts before the first one whose fate is unknown. Brokers override
+        this to take the whole batch in a few round trips.
+        """
+        outcomes: list[Outcome] = []
+        for draft in drafts:
+            try:
+                outcomes.append(self.publish(draft))
+            except PublishError as refusal:
+                outcomes.append(refusal)
+            except BrokerUnavailable as outage:
+                raise BatchInterrupted(str(outage), outcomes) from outage
+        return outcomes
 
     @abstractmethod
     def publish_transient(self, user_id: str, message: dict[str, Any]) -> int:

@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from webapp.brokers.base import Broker, ConnectionInfo, Node, Replay, Snapshot
+from webapp.brokers.base import Broker, ConnectionInfo, Node, Outcome, Replay, Snapshot
 from webapp.events import (
     TERMINAL,
     CallState,
@@ -125,6 +125,12 @@ class MemoryBroker(Broker):
         self._calls[draft.call_id] = (state, now + self._history_ttl)
         delivered = self._node.deliver(owner, message) if self._node else 0
         return PublishResult(event_id, delivered, None, message)
+
+    def publish_batch(self, drafts: list[EventDraft]) -> list[Outcome]:
+        # Under the lock for the whole batch, so no other publish interleaves
+        # with it (the lock is reentrant: publish takes it again per draft).
+        with self._lock:
+            return super().publish_batch(drafts)
 
     def publish_transient(self, user_id: str, message: dict[str, Any]) -> int:
         with self._lock:

@@ -17,7 +17,10 @@ idempotency key, the owner and the forward-only rule (a mirror of
 :func:`webapp.events.judge`), takes the id from Redis ``TIME`` (so ids
 increase per user whichever worker publishes), stores history and call
 state, caches the answer and ``PUBLISH``es the message, all atomically: the
-order of ids is the order of delivery.
+order of ids is the order of delivery. The script takes a list of events
+and applies them in order: a single publish is a list of one, and a batch
+is one call per :data:`BATCH_CHUNK` events, so a batch costs a few round
+trips, not one per event.
 
 **Fan-out: one pub/sub channel (``callwire:events``) that every worker
 subscribes to**, rather than a stream. Pub/sub keeps nothing in Redis and
@@ -75,10 +78,12 @@ from redis.retry import Retry
 
 from webapp.brokers import redis_scripts
 from webapp.brokers.base import (
+    BatchInterrupted,
     Broker,
     BrokerUnavailable,
     ConnectionInfo,
     Node,
+    Outcome,
     Replay,
     Snapshot,
 )
@@ -87,6 +92,7 @@ from webapp.events import (
     CallState,
     EventDraft,
     OwnershipConflict,
+    PublishError,
     PublishResult,
     UnknownOwner,
     event_id_order,
@@ -119,6 +125,10 @@ BACKOFF_MAX_SECONDS = 2.0
 #: Recovery replays events newer than the last sign of life minus this margin
 #: (covers clock skew between this machine and Redis; connections dedupe by id).
 RECOVERY_MARGIN_SECONDS = 30.0
+
+#: Drafts per publish script call: a batch of 500 is 5 round trips, and Redis is
+#: busy with one call for a few milliseconds at most.
+BATCH_CHUNK = 100
 
 #: Errors that mean "Redis cannot take this right now", answered with 503.
 _UNAVAILABLE = (
@@ -174,6 +184,27 @@ def _message_parts(draft: EventDraft, timestamp: str) -> tuple[str, str]:
     head = encoded[:-1] + ',"id":"'
     tail = '","timestamp":' + dumps(timestamp) + "}"
     return head, tail
+
+
+def _outcome(draft: EventDraft, timestamp: str, reply: list[Any]) -> Outcome:
+    """Turn the publish script's answer for one draft into its result or refusal."""
+    kind = _text(reply[0])
+    if kind == "accept":
+        event_id = _text(reply[1])
+        return PublishResult(event_id, int(reply[2]), None,
+                             event_message(event_id, draft, timestamp))
+    if kind in ("duplicate", "stale"):
+        return PublishResult(None, 0, kind)
+    if kind == "cached":
+        first = json.loads(reply[1])
+        return PublishResult(first["id"], 0, first.get("dropped"), first.get("event"))
+    if kind == "conflict":
+        return OwnershipConflict(f"Call {draft.call_id} belongs to another user; event refused.")
+    if kind == "unknown":
+        return UnknownOwner(
+            f"userId is required: the owner of call {draft.call_id} is not known yet."
+        )
+    raise RuntimeError(f"unexpected answer from the publish script: {kind!r}")
 
 
 def _call_now(function: Callable[..., Any], *args: Any) -> None:
@@ -309,35 +340,46 @@ class RedisBroker(Broker):
     # -- events ----------------------------------------------------------------
 
     def publish(self, draft: EventDraft) -> PublishResult:
-        timestamp = draft.timestamp or utc_timestamp()
-        head, tail = _message_parts(draft, timestamp)
-        # The script scopes the key by the call's owner, which only it knows for sure.
-        idem = draft.idempotency_key or ""
-        args = [
-            KEY_PREFIX, draft.call_id, draft.status, draft.user_id or "",
-            "" if draft.sequence is None else str(int(draft.sequence)),
-            idem, head, tail, timestamp,
-            self._history_size, self._history_ttl, self._idempotency_ttl, CHANNEL,
-        ]
-        with self._available("publish"):
-            reply = self._publish_script(keys=[_call_key(draft.call_id), WORKERS_KEY], args=args)
-        kind = _text(reply[0])
-        if kind == "accept":
-            event_id = _text(reply[1])
-            return PublishResult(event_id, int(reply[2]), None,
-                                 event_message(event_id, draft, timestamp))
-        if kind in ("duplicate", "stale"):
-            return PublishResult(None, 0, kind)
-        if kind == "cached":
-            first = json.loads(reply[1])
-            return PublishResult(first["id"], 0, first.get("dropped"), first.get("event"))
-        if kind == "conflict":
-            raise OwnershipConflict(f"Call {draft.call_id} belongs to another user; event refused.")
-        if kind == "unknown":
-            raise UnknownOwner(
-                f"userId is required: the owner of call {draft.call_id} is not known yet."
-            )
-        raise RuntimeError(f"unexpected answer from the publish script: {kind!r}")
+        outcome = self.publish_batch([draft])[0]
+        if isinstance(outcome, PublishError):
+            raise outcome
+        return outcome
+
+    def publish_batch(self, drafts: list[EventDraft]) -> list[Outcome]:
+        """Publish in chunks of :data:`BATCH_CHUNK` drafts, one script call (round trip) each.
+
+        Each call is atomic and answers every draft of its chunk, so when Redis
+        goes away the outcomes of the chunks answered before are known, and
+        nothing of the rest is (a call that timed out may have run: it is
+        never retried, and an ``idempotencyKey`` makes the client's retry safe).
+        """
+        outcomes: list[Outcome] = []
+        for start in range(0, len(drafts), BATCH_CHUNK):
+            chunk = drafts[start : start + BATCH_CHUNK]
+            args: list[Any] = [KEY_PREFIX, self._history_size, self._history_ttl,
+                               self._idempotency_ttl, CHANNEL]
+            timestamps = []
+            for draft in chunk:
+                timestamp = draft.timestamp or utc_timestamp()
+                timestamps.append(timestamp)
+                head, tail = _message_parts(draft, timestamp)
+                args += [
+                    draft.call_id, draft.status, draft.user_id or "",
+                    "" if draft.sequence is None else str(int(draft.sequence)),
+                    # The script scopes the key by the call's owner, which only it knows.
+                    draft.idempotency_key or "",
+                    head, tail, timestamp,
+                ]
+            try:
+                with self._available("publish"):
+                    replies = self._publish_script(keys=[WORKERS_KEY], args=args)
+            except BrokerUnavailable as outage:
+                if not outcomes:
+                    raise
+                raise BatchInterrupted(str(outage), outcomes) from outage
+            for draft, timestamp, reply in zip(chunk, timestamps, replies, strict=True):
+                outcomes.append(_outcome(draft, timestamp, reply))
+        return outcomes
 
     def publish_transient(self, user_id: str, message: dict[str, Any]) -> int:
         payload = dumps({"u": user_id, "m": message})

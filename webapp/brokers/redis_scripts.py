@@ -23,100 +23,121 @@ local function count_connections(prefix, workers_key, user, skip)
 end
 """
 
-#: Judge, number, store and publish one event, atomically. Answers
+#: Fields of one event in the publish script's ARGV, after the common ones.
+PUBLISH_FIELDS = 8
+#: ARGV entries before the first event's fields.
+PUBLISH_COMMON = 5
+
+#: Judge, number, store and publish events one after another, in order, atomically:
+#: a single publish is a batch of one. Answers one entry per event:
 #: {'accept', id, delivered} | {'duplicate'} | {'stale'} | {'cached', answer JSON}
 #: | {'conflict'} | {'unknown'}.
 PUBLISH = _COUNT_FUNCTION + f"""
--- KEYS: call state, workers. ARGV: see RedisBroker.publish.
+-- KEYS: workers. ARGV: prefix, history size, history ttl, idempotency ttl, channel, then
+-- per event: call id, status, user, sequence, idempotencyKey, head, tail, timestamp
+-- (see RedisBroker.publish_batch).
 local RANK = {_RANK}
 local TERMINAL = {_TERMINAL}
-local prefix, call_id, status, user, seq = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local idempotency, head, tail, timestamp = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
-local size, ttl, idem_ttl, channel = tonumber(ARGV[10]), tonumber(ARGV[11]), ARGV[12], ARGV[13]
-local call_key, workers_key = KEYS[1], KEYS[2]
-
-local previous = redis.call('HMGET', call_key, 'owner', 'status', 'seq')
-local owner = previous[1]
-if owner then
-  if user ~= '' and user ~= owner then return {{'conflict'}} end
-else
-  if user == '' then return {{'unknown'}} end
-  owner = user
-end
-
--- Idempotency keys are scoped by owner (its length first, so no two owner and
--- key pairs share a Redis key): another user's key never answers for this one.
-local idem_key = ''
-if idempotency ~= '' then
-  idem_key = prefix .. 'idem:' .. #owner .. ':' .. owner .. ':' .. idempotency
-  local cached = redis.call('GET', idem_key)
-  if cached then return {{'cached', cached}} end
-end
-
--- The forward-only rule, exactly as webapp.events.judge.
-local verdict = 'accept'
-if previous[1] then
-  local before = previous[2]
-  if status == before then
-    verdict = 'duplicate'
-  elseif TERMINAL[before] then
-    verdict = 'stale'
-  elseif seq ~= '' and previous[3] and previous[3] ~= ''
-      and tonumber(seq) <= tonumber(previous[3]) then
-    verdict = 'stale'
-  elseif RANK[status] <= RANK[before] then
-    verdict = 'stale'
-  end
-end
-if verdict ~= 'accept' then
-  if idem_key ~= '' then
-    redis.call('SET', idem_key, '{{"id":null,"dropped":"' .. verdict .. '"}}', 'EX', idem_ttl)
-  end
-  return {{verdict}}
-end
-
--- The id: Redis time in microseconds, or the user's previous id + 1.
+local prefix, size, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local idem_ttl, channel = ARGV[4], ARGV[5]
+local workers_key = KEYS[1]
 if redis.replicate_commands then redis.replicate_commands() end
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local user_prefix = prefix .. 'u:' .. owner .. ':'
-local history_key = user_prefix .. 'h'
-local last_key, open_key = user_prefix .. 'last', user_prefix .. 'open'
-local number = now
-local last = tonumber(redis.call('GET', last_key) or '')
-if last and last >= number then number = last + 1 end
-local id = string.format('%016.0f', number)
-local message = head .. id .. tail
+-- Connections per owner, counted once per batch (presence changes every few seconds).
+local reach = {{}}
 
-redis.call('ZADD', history_key, id, message)
-redis.call('ZREMRANGEBYSCORE', history_key, '-inf', string.format('%.0f', now - ttl * 1000000))
-redis.call('ZREMRANGEBYRANK', history_key, 0, -(size + 1))
-redis.call('EXPIRE', history_key, ttl)
-redis.call('SET', last_key, id, 'EX', ttl)
-if TERMINAL[status] then
-  redis.call('HDEL', open_key, call_id)
-else
-  redis.call('HSET', open_key, call_id, id)
-end
-if redis.call('HLEN', open_key) > 2 * size then
-  -- Calls whose latest event has left history can never be in a snapshot.
-  local oldest = redis.call('ZRANGE', history_key, 0, 0, 'WITHSCORES')[2]
-  local entries = redis.call('HGETALL', open_key)
-  for i = 1, #entries, 2 do
-    if tonumber(entries[i + 1]) < tonumber(oldest) then redis.call('HDEL', open_key, entries[i]) end
+local function publish_one(call_id, status, user, seq, idempotency, head, tail, timestamp)
+  local call_key = prefix .. 'call:' .. call_id
+  local previous = redis.call('HMGET', call_key, 'owner', 'status', 'seq')
+  local owner = previous[1]
+  if owner then
+    if user ~= '' and user ~= owner then return {{'conflict'}} end
+  else
+    if user == '' then return {{'unknown'}} end
+    owner = user
   end
-end
-redis.call('EXPIRE', open_key, ttl)
-redis.call('HSET', call_key, 'owner', owner, 'status', status, 'seq', seq,
-           'updatedAt', timestamp, 'event', message)
-redis.call('EXPIRE', call_key, ttl)
 
-local delivered = count_connections(prefix, workers_key, owner, '')
-redis.call('PUBLISH', channel, '{{"u":' .. cjson.encode(owner) .. ',"m":' .. message .. '}}')
-if idem_key ~= '' then
-  redis.call('SET', idem_key, '{{"id":"' .. id .. '","event":' .. message .. '}}', 'EX', idem_ttl)
+  -- Idempotency keys are scoped by owner (its length first, so no two owner and
+  -- key pairs share a Redis key): another user's key never answers for this one.
+  local idem_key = ''
+  if idempotency ~= '' then
+    idem_key = prefix .. 'idem:' .. #owner .. ':' .. owner .. ':' .. idempotency
+    local cached = redis.call('GET', idem_key)
+    if cached then return {{'cached', cached}} end
+  end
+
+  -- The forward-only rule, exactly as webapp.events.judge.
+  local verdict = 'accept'
+  if previous[1] then
+    local before = previous[2]
+    if status == before then
+      verdict = 'duplicate'
+    elseif TERMINAL[before] then
+      verdict = 'stale'
+    elseif seq ~= '' and previous[3] and previous[3] ~= ''
+        and tonumber(seq) <= tonumber(previous[3]) then
+      verdict = 'stale'
+    elseif RANK[status] <= RANK[before] then
+      verdict = 'stale'
+    end
+  end
+  if verdict ~= 'accept' then
+    if idem_key ~= '' then
+      redis.call('SET', idem_key, '{{"id":null,"dropped":"' .. verdict .. '"}}', 'EX', idem_ttl)
+    end
+    return {{verdict}}
+  end
+
+  -- The id: Redis time in microseconds, or the user's previous id + 1.
+  local user_prefix = prefix .. 'u:' .. owner .. ':'
+  local history_key = user_prefix .. 'h'
+  local last_key, open_key = user_prefix .. 'last', user_prefix .. 'open'
+  local number = now
+  local last = tonumber(redis.call('GET', last_key) or '')
+  if last and last >= number then number = last + 1 end
+  local id = string.format('%016.0f', number)
+  local message = head .. id .. tail
+
+  redis.call('ZADD', history_key, id, message)
+  redis.call('ZREMRANGEBYSCORE', history_key, '-inf', string.format('%.0f', now - ttl * 1000000))
+  redis.call('ZREMRANGEBYRANK', history_key, 0, -(size + 1))
+  redis.call('EXPIRE', history_key, ttl)
+  redis.call('SET', last_key, id, 'EX', ttl)
+  if TERMINAL[status] then
+    redis.call('HDEL', open_key, call_id)
+  else
+    redis.call('HSET', open_key, call_id, id)
+  end
+  if redis.call('HLEN', open_key) > 2 * size then
+    -- Calls whose latest event has left history can never be in a snapshot.
+    local oldest = redis.call('ZRANGE', history_key, 0, 0, 'WITHSCORES')[2]
+    local entries = redis.call('HGETALL', open_key)
+    for i = 1, #entries, 2 do
+      if tonumber(entries[i + 1]) < tonumber(oldest) then
+        redis.call('HDEL', open_key, entries[i])
+      end
+    end
+  end
+  redis.call('EXPIRE', open_key, ttl)
+  redis.call('HSET', call_key, 'owner', owner, 'status', status, 'seq', seq,
+             'updatedAt', timestamp, 'event', message)
+  redis.call('EXPIRE', call_key, ttl)
+
+  if reach[owner] == nil then reach[owner] = count_connections(prefix, workers_key, owner, '') end
+  redis.call('PUBLISH', channel, '{{"u":' .. cjson.encode(owner) .. ',"m":' .. message .. '}}')
+  if idem_key ~= '' then
+    redis.call('SET', idem_key, '{{"id":"' .. id .. '","event":' .. message .. '}}', 'EX', idem_ttl)
+  end
+  return {{'accept', id, reach[owner]}}
 end
-return {{'accept', id, delivered}}
+
+local answers = {{}}
+for i = {PUBLISH_COMMON} + 1, #ARGV, {PUBLISH_FIELDS} do
+  answers[#answers + 1] = publish_one(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
+                                      ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7])
+end
+return answers
 """
 
 #: Publish a live-only message; answer the user's connection count.
