@@ -12,15 +12,22 @@ DEV_ENV := FIREBASE_AUTH_EMULATOR_HOST=$${FIREBASE_AUTH_EMULATOR_HOST:-127.0.0.1
 
 .PHONY: install run test lint bench clean
 
+# `make run` installs only what running needs; `make test` adds the test tools.
+$(BIN)/.installed-run: requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
 $(BIN)/.installed: requirements.txt requirements-dev.txt
-	$(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements-dev.txt
-	touch $@
+	touch $@ $(BIN)/.installed-run
 
 install: $(BIN)/.installed
 
-run: install
+run: $(BIN)/.installed-run
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(DEV_ENV) sh -c "exec $$(sed -n 's/^web: //p' Procfile)"
 
 test: install

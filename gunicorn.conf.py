@@ -22,6 +22,35 @@ keepalive = 2
 control_socket_disable = True
 
 
+def _load_by_path(name, relative):
+    """Load one webapp module on its own: importing the webapp package would pull in
+    requests and firebase-admin before the worker's gevent patching."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), *relative.split("/"))
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+# LOG_FORMAT=json: gunicorn's own lines are JSON objects too (webapp/logs.py).
+if os.environ.get("LOG_FORMAT", "").strip().lower() == "json":
+    _logs = _load_by_path("callwire_startup_logs", "webapp/logs.py")
+    _logs.redact.add(
+        os.environ.get(name)
+        for name in ("EVENTS_API_KEY", "VAPI_WEBHOOK_SECRET", "TWILIO_AUTH_TOKEN", "REDIS_URL")
+    )
+    logconfig_dict = {
+        "root": {"level": "INFO", "handlers": []},
+        "loggers": {
+            "gunicorn.error": {"level": "INFO", "handlers": ["error_console"], "propagate": False},
+            # Heroku's router logs every request already; the app logs what matters.
+            "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": False},
+        },
+        "formatters": {"generic": {"()": _logs.JsonLines}},
+    }
+
+
 def on_starting(server):
     """Refuse, in the master and with one sentence, a configuration that cannot work."""
     if server.cfg.workers > 1 and not os.environ.get("REDIS_URL"):
@@ -31,13 +60,7 @@ def on_starting(server):
         )
     # Validate every setting here too, so a bad one stops the master with its
     # sentence instead of a traceback from each worker that fails to boot.
-    # webapp/config.py is loaded on its own: importing the webapp package would
-    # pull in requests and firebase-admin before the worker's gevent patching.
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "webapp", "config.py")
-    spec = importlib.util.spec_from_file_location("callwire_startup_config", path)
-    config = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = config  # dataclasses look their module up there
-    spec.loader.exec_module(config)
+    config = _load_by_path("callwire_startup_config", "webapp/config.py")
     try:
         config.load_settings()
     except config.ConfigError as problem:

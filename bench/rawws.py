@@ -23,7 +23,7 @@ from typing import Any
 import gevent
 from gevent import socket
 
-#: What a browser sends in every handshake (STACK-NOTES: accepting it costs ~141 KiB).
+#: What a browser sends in every handshake (docs/stack-notes.md: accepting it costs ~141 KiB).
 DEFLATE_OFFER = "permessage-deflate; client_max_window_bits"
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 

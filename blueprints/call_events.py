@@ -89,6 +89,27 @@ def _publish_one(item: Any) -> tuple[int, dict[str, Any]]:
         return _answer(refusal)
 
 
+#: Swagger UI's ready-to-send bodies: the first is what "Try it out" fills in.
+PUBLISH_EXAMPLES = {
+    "one event": {
+        "summary": "One status change (registers the call's owner)",
+        "value": {
+            "callId": "call-1",
+            "userId": "you@example.com",
+            "status": "ringing",
+            "data": {"customerNumber": "+15550100"},
+        },
+    },
+    "batch": {
+        "summary": "A batch, handled in order",
+        "value": [
+            {"callId": "call-2", "userId": "you@example.com", "status": "initiated"},
+            {"callId": "call-2", "status": "ringing"},
+        ],
+    },
+}
+
+
 @blp.route("/events")
 class Events(MethodView):
     @blp.doc(
@@ -113,7 +134,8 @@ class Events(MethodView):
                                 },
                             },
                         ]
-                    }
+                    },
+                    "examples": PUBLISH_EXAMPLES,
                 }
             },
         },
@@ -188,7 +210,11 @@ class Events(MethodView):
         return {"success": True, "data": results}
 
 
-@blp.route("/<string:call_id>/status")
+@blp.route(
+    "/<string:call_id>/status",
+    parameters=[{"in": "path", "name": "call_id", "example": "call-1",
+                 "description": "The call's id, as published"}],
+)
 class CallStatus(MethodView):
     @blp.doc(security=[{"bearerAuth": []}])
     @blp.response(200, CallStatusAnswerSchema)

@@ -1,8 +1,11 @@
-"""Development-mode helpers behind the demo page: mint emulator tokens, play a sample call.
+"""Development-mode helpers: mint emulator tokens, play a sample call.
 
-Both exist only in development mode (``FIREBASE_AUTH_EMULATOR_HOST`` set);
-otherwise every ``/dev`` URL answers a JSON 404, so a production deployment
-cannot mint tokens or fake calls.
+In development mode (``FIREBASE_AUTH_EMULATOR_HOST`` set) ``blp`` is
+registered on the API, so Swagger UI at ``/docs`` lists both operations
+under the *Development* tag: a tester mints a token there, presses
+Authorize and tries every other endpoint without leaving the page.
+Otherwise only ``off`` is registered, and every ``/dev`` URL answers a JSON
+404, so a production deployment can neither mint tokens nor fake calls.
 """
 
 from __future__ import annotations
@@ -12,7 +15,11 @@ import uuid
 from typing import Any
 
 import gevent
-from flask import Blueprint, request
+import marshmallow as ma
+from flask import Blueprint as FlaskBlueprint
+from flask import g, request
+from flask.views import MethodView
+from flask_smorest import Blueprint
 
 from webapp.auth import mint_emulator_token
 from webapp.brokers.base import BrokerUnavailable
@@ -24,7 +31,14 @@ from webapp.realtime import Realtime, realtime
 
 logger = logging.getLogger(__name__)
 
-bp = Blueprint("dev", __name__, url_prefix="/dev")
+blp = Blueprint(
+    "development", __name__, url_prefix="/dev",
+    description="Development mode only: mint an emulator token (then press Authorize), "
+    "play a sample call",
+)
+
+#: Registered instead of ``blp`` outside development mode.
+off = FlaskBlueprint("dev_off", __name__, url_prefix="/dev")
 
 #: Lifetime of a minted token, like a real Firebase ID token.
 TOKEN_TTL_SECONDS = 3600
@@ -38,66 +52,124 @@ OUTCOMES: dict[str, tuple[tuple[str, ...], str]] = {
     "failed": (("initiated", "ringing", "failed"), "twilio-failed-to-connect-call"),
 }
 
-
-@bp.before_request
-def development_only() -> Any:
-    """Hide every /dev URL outside development mode."""
-    if not realtime().settings.development:
-        return error_response(
-            404, "Not found: /dev endpoints exist only in development mode "
-            "(FIREBASE_AUTH_EMULATOR_HOST set)"
-        )
-    return None
+#: The email every example in Swagger UI uses, so the examples work together.
+EXAMPLE_EMAIL = "you@example.com"
 
 
-def _json_object() -> dict[str, Any]:
-    body = request.get_json(silent=True)
-    return body if isinstance(body, dict) else {}
+@off.route("/", defaults={"rest": ""}, methods=["GET", "POST"])
+@off.route("/<path:rest>", methods=["GET", "POST"])
+def not_in_production(rest: str) -> Any:
+    """Answer every /dev URL with a JSON 404 outside development mode."""
+    return error_response(
+        404, "Not found: /dev endpoints exist only in development mode "
+        "(FIREBASE_AUTH_EMULATOR_HOST set)"
+    )
 
 
-@bp.post("/token")
-def token() -> Any:
-    """Mint an unsigned emulator ID token: ``{"email"}`` -> ``{"token", "expiresAt"}``."""
-    email = _json_object().get("email")
-    if not isinstance(email, str) or not 3 <= len(email.strip()) <= 320 or "@" not in email:
-        return error_response(400, "Body must be {\"email\": \"you@example.com\"}")
-    settings = realtime().settings
-    minted = mint_emulator_token(email.strip(), settings.project_id, TOKEN_TTL_SECONDS)
-    return {
-        "token": minted,
-        "expiresAt": utc_timestamp(_expiry(minted)),
-        "userId": normalise_email(email),
-    }
+def _valid_email(value: str) -> None:
+    if not 3 <= len(value.strip()) <= 320 or "@" not in value:
+        raise ma.ValidationError('must be an email, like {"email": "you@example.com"}')
 
 
-def _expiry(token: str) -> float:
-    """Read back the ``exp`` the token was minted with."""
-    return realtime().verifier.verify(token).expires_at
+class TokenRequestSchema(ma.Schema):
+    """Who the minted token speaks for."""
+
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    email = ma.fields.String(
+        required=True, validate=_valid_email,
+        metadata={"description": "Any email: the token's email claim", "example": EXAMPLE_EMAIL},
+    )
 
 
-@bp.post("/sample-call")
-def sample_call() -> Any:
-    """Play a fresh call of the caller through its statuses, one step at a time.
+class TokenAnswerSchema(ma.Schema):
+    token = ma.fields.String(
+        metadata={"description": "Unsigned emulator ID token: paste it into Authorize → "
+                  "bearerAuth, or send it in a WebSocket init"}
+    )
+    expiresAt = ma.fields.String(metadata={"description": "When it expires (ISO 8601 UTC)"})
+    userId = ma.fields.String(metadata={"description": "The normalised email"})
 
-    Body (optional): ``{"outcome": "ended" | "failed", "stepSeconds": 1.2}``.
-    Answers 202 at once; the events follow over the caller's sockets.
-    """
-    identity = current_identity()
-    body = _json_object()
-    outcome = body.get("outcome", "ended")
-    if outcome not in OUTCOMES:
-        return error_response(400, f"outcome must be one of {', '.join(OUTCOMES)}")
-    step = body.get("stepSeconds", DEFAULT_STEP_SECONDS)
-    if isinstance(step, bool) or not isinstance(step, (int, float)):
-        return error_response(400, "stepSeconds must be a number")
-    step = min(max(float(step), STEP_BOUNDS[0]), STEP_BOUNDS[1])
-    statuses, reason = OUTCOMES[outcome]
-    call_id = f"demo-{uuid.uuid4().hex[:12]}"
-    gevent.spawn(_play, realtime(), identity.email, call_id, statuses, reason, step)
-    return {
-        "success": True,
-        "data": {"callId": call_id, "statuses": list(statuses), "stepSeconds": step},
-    }, 202
+
+class SampleCallSchema(ma.Schema):
+    """How the sample call goes."""
+
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    outcome = ma.fields.String(
+        load_default="ended", validate=ma.validate.OneOf(tuple(OUTCOMES)),
+        metadata={"description": "ended: rings, connects, ends; failed: never connects",
+                  "example": "ended"},
+    )
+    stepSeconds = ma.fields.Float(
+        load_default=DEFAULT_STEP_SECONDS, allow_nan=False,
+        metadata={"description": f"Pause between statuses, {STEP_BOUNDS[0]}-{STEP_BOUNDS[1]} s",
+                  "example": DEFAULT_STEP_SECONDS},
+    )
+
+
+
+class SampleCallAnswerSchema(ma.Schema):
+    success = ma.fields.Boolean()
+    data = ma.fields.Dict(
+        metadata={"description": "callId, the statuses it will go through, stepSeconds"}
+    )
+
+
+@blp.before_request
+def authenticate_sample_call() -> None:
+    """Check the bearer token before the body: no identity is a 401, never a 400."""
+    if request.endpoint == "development.SampleCall":
+        g.identity = current_identity()
+
+
+@blp.route("/token")
+class Token(MethodView):
+    @blp.arguments(TokenRequestSchema, error_status_code=400, example={"email": EXAMPLE_EMAIL})
+    @blp.response(200, TokenAnswerSchema)
+    @blp.alt_response(400, description="Not an email")
+    def post(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Mint an unsigned emulator ID token for any email (development mode only).
+
+        Copy `token`, press **Authorize** and paste it under `bearerAuth`; the
+        publish key goes under `apiKeyAuth` (`dev-events-key` with `make run`).
+        """
+        email = body["email"].strip()
+        settings = realtime().settings
+        minted = mint_emulator_token(email, settings.project_id, TOKEN_TTL_SECONDS)
+        return {
+            "token": minted,
+            "expiresAt": utc_timestamp(realtime().verifier.verify(minted).expires_at),
+            "userId": normalise_email(email),
+        }
+
+
+@blp.route("/sample-call")
+class SampleCall(MethodView):
+    @blp.doc(security=[{"bearerAuth": []}])
+    @blp.arguments(
+        SampleCallSchema, error_status_code=400,
+        example={"outcome": "ended", "stepSeconds": DEFAULT_STEP_SECONDS},
+    )
+    @blp.response(202, SampleCallAnswerSchema)
+    @blp.alt_response(400, description="Unknown outcome or stepSeconds not a number")
+    @blp.alt_response(401, description="Missing or invalid token")
+    def post(self, body: dict[str, Any]) -> Any:
+        """Play a fresh call of the caller through its statuses, one step at a time.
+
+        Answers 202 at once; the events follow over the caller's sockets.
+        """
+        identity = g.identity
+        step = min(max(float(body["stepSeconds"]), STEP_BOUNDS[0]), STEP_BOUNDS[1])
+        statuses, reason = OUTCOMES[body["outcome"]]
+        call_id = f"demo-{uuid.uuid4().hex[:12]}"
+        gevent.spawn(_play, realtime(), identity.email, call_id, statuses, reason, step)
+        return {
+            "success": True,
+            "data": {"callId": call_id, "statuses": list(statuses), "stepSeconds": step},
+        }, 202
 
 
 def _play(

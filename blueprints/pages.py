@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from flask import Blueprint, render_template
 
+from webapp.config import MAKE_RUN_DEFAULTS
 from webapp.realtime import realtime
 
 bp = Blueprint("pages", __name__)
 
-#: Close codes of SPEC §3, shown on the page: (code, meaning, what a client should do).
+#: Close codes of docs/protocol.md §5, shown on the page: (code, meaning, what a client should do).
 CLOSE_CODES: tuple[tuple[int, str, str], ...] = (
     (1000, "normal close", "stop"),
     (1008, "policy: authentication failed, init timeout, too many connections",
@@ -28,6 +29,19 @@ CLOSE_CODES: tuple[tuple[int, str, str], ...] = (
 @bp.get("/")
 def index() -> str:
     """Serve the demo page; development mode adds token minting and a sample call."""
+    settings = realtime().settings
     return render_template(
-        "index.html", development=realtime().settings.development, close_codes=CLOSE_CODES
+        "index.html", development=settings.development, close_codes=CLOSE_CODES,
+        publish_key=_public_publish_key(settings.events_api_key),
     )
+
+
+def _public_publish_key(key: str | None) -> str | None:
+    """Show the publish key in the snippet only if it is make run's public default.
+
+    Returns "" for a key of the operator's own (never shown) and None when
+    publishing is off, so the page can say which.
+    """
+    if key is None:
+        return None
+    return key if key == MAKE_RUN_DEFAULTS["EVENTS_API_KEY"] else ""

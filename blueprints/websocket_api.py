@@ -25,7 +25,7 @@ blp = Blueprint(
 blp.ARGUMENTS_PARSER = JsonBodyParser()
 
 
-#: Largest test message request body (SPEC §5 test endpoint; README): 64 KiB.
+#: Largest test message request body (docs/protocol.md §10; README): 64 KiB.
 MAX_TEST_MESSAGE_BYTES = 64 * 1024
 
 
@@ -40,7 +40,11 @@ def authenticate() -> None:
 @blp.route("/test")
 class TestMessage(MethodView):
     @blp.doc(security=[{"bearerAuth": []}])
-    @blp.arguments(TestMessageSchema, error_status_code=400)
+    @blp.arguments(
+        TestMessageSchema, error_status_code=400,
+        example={"targetUserId": "you@example.com", "message": "Hello from WebSocket!",
+                 "event": "test.event"},
+    )
     @blp.response(200, SuccessSchema)
     @blp.alt_response(401, description="Missing or invalid token")
     @blp.alt_response(408, description="Body not received within HTTP_BODY_TIMEOUT")

@@ -3,7 +3,7 @@
 Before flask-sock performs the handshake, a hook checks the Origin, admits
 the client under the worker and per-address caps (``webapp.admission``: 503
 or 429 otherwise), removes the permessage-deflate offer (141 KiB per
-connection, STACK-NOTES) and wraps the raw socket so every write is whole
+connection, docs/stack-notes.md) and wraps the raw socket so every write is whole
 and bounded in time.
 """
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.support import server as live_servers
 from tests.support.redis_server import RedisServer
 from tests.support.server import LiveServer, start_server
 from tests.support.wsclient import Client
@@ -54,3 +56,25 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()
+
+
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if any live server's log holds a secret or a token (docs/operations.md)."""
+    leaks = []
+    for path in live_servers.LOGS_WRITTEN:
+        if not path.exists():
+            continue
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            found = [s for s in live_servers.SECRETS_USED if s in line]
+            if found or _JWT.search(line):
+                leaks.append(f"{path.name}:{number}: {line[:160]}")
+    if leaks:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line("SECRETS OR TOKENS IN SERVER LOGS:", red=True, bold=True)
+            for leak in leaks[:20]:
+                reporter.write_line(f"  {leak}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

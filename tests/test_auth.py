@@ -2,7 +2,7 @@
 
 The RS256 tests run without FIREBASE_AUTH_EMULATOR_HOST, so firebase-admin
 checks signatures as in production; the certificate it would fetch from
-Google is our own self-signed one (STACK-NOTES).
+Google is our own self-signed one (docs/stack-notes.md).
 """
 
 from __future__ import annotations

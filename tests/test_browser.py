@@ -38,8 +38,8 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 
-#: SPEC §3 close codes: code -> (meaning, what a client should do, what callwire.js does).
-SPEC_CLOSE_CODES = {
+#: docs/protocol.md §5 close codes: code -> (meaning, what a client should do, callwire.js).
+DOCUMENTED_CLOSE_CODES = {
     1000: ("normal close", "stop", "stop"),
     1008: ("policy: authentication failed, init timeout, too many connections",
            "fix the cause, not retry blindly", "fresh-token"),
@@ -328,13 +328,13 @@ def test_demo_page_is_accessible(server, open_tab):
     )
     low = {name: round(value, 2) for name, value in ratios.items() if value < 4.5}
     assert low == {}, f"contrast below 4.5:1: {low}"
-    # The page documents the close codes exactly as SPEC §3, and the client agrees.
+    # The page documents the close codes exactly as docs/protocol.md §5, and the client agrees.
     rows = tab.js(
         "() => [...document.querySelectorAll('table.codes tbody tr')]"
         ".map(tr => [...tr.cells].map(td => td.textContent))"
     )
     expected = [[str(code), meaning, advice.replace("`", "")]
-                for code, (meaning, advice, _) in SPEC_CLOSE_CODES.items()]
+                for code, (meaning, advice, _) in DOCUMENTED_CLOSE_CODES.items()]
     assert rows == expected
     client_table = tab.js(
         "() => Object.fromEntries(Object.entries(Callwire.CLOSE_CODES)"
@@ -342,7 +342,7 @@ def test_demo_page_is_accessible(server, open_tab):
     )
     assert client_table == {
         str(code): [meaning, advice.replace("`", ""), action]
-        for code, (meaning, advice, action) in SPEC_CLOSE_CODES.items()
+        for code, (meaning, advice, action) in DOCUMENTED_CLOSE_CODES.items()
     }
 
 

@@ -1,4 +1,4 @@
-"""Settings: SPEC §2 defaults, environment parsing, and every refusal's sentence."""
+"""Settings: the README's defaults, environment parsing, and every refusal's sentence."""
 
 from __future__ import annotations
 

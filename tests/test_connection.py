@@ -1,6 +1,6 @@
 """SafeSocket: whole writes under concurrency, a write deadline, clean and abortive closes.
 
-STACK-NOTES: simple-websocket's ``Server.send`` uses ``socket.send`` and
+docs/stack-notes.md: simple-websocket's ``Server.send`` uses ``socket.send`` and
 ignores short writes; every write must be a whole ``sendall`` under a lock,
 bounded in time. Real (gevent) socket pairs, no mocks.
 """

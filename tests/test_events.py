@@ -23,7 +23,7 @@ from webapp.events import (
 
 ISO_UTC_MS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 
-# Written out by hand from SPEC §4 (initiated < ringing < in-progress < ended|failed;
+# Written out by hand from docs/protocol.md §6 (initiated < ringing < in-progress < ended|failed;
 # same status again is a duplicate; a lower status or anything after a terminal is stale).
 # Rows: the call's current status; columns: the status that arrives.
 VERDICTS = """

@@ -1,4 +1,4 @@
-"""The Procfile and gunicorn settings of SPEC §2 (the live tests run this very command)."""
+"""The Procfile and gunicorn settings (README; the live tests run this very command)."""
 
 from __future__ import annotations
 

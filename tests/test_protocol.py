@@ -1,4 +1,4 @@
-"""Client frame parsing and server message shapes (SPEC §3, seed protocol)."""
+"""Client frame parsing and server message shapes (docs/protocol.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""The seed's REST endpoints and the operational ones, against the real server (SPEC §5)."""
+"""The seed's REST endpoints and the operational ones, against the real server.
+
+Contract: docs/protocol.md §10.
+"""
 
 from __future__ import annotations
 
@@ -171,8 +174,10 @@ def test_health_readiness_and_metrics(live, clients):
     assert metrics.status_code == 200
     assert metrics.headers["Content-Type"].startswith("text/plain")
     text = metrics.text
-    values = dict(re.findall(r"^(callwire_connections) (\S+)$", text, re.MULTILINE))
-    assert float(values["callwire_connections"]) >= 2
+    connections = re.search(
+        r'^callwire_connections\{transport="websocket"\} (\S+)$', text, re.MULTILINE
+    )
+    assert connections and float(connections[1]) >= 2
     assert re.search(r'^callwire_events_in_total\{outcome="accepted",source="api"\} [1-9]', text,
                      re.MULTILINE) or re.search(
         r'^callwire_events_in_total\{source="api",outcome="accepted"\} [1-9]', text, re.MULTILINE)

@@ -1,7 +1,7 @@
 """REST error shapes, OpenAPI and offline Swagger UI, through Flask's test client.
 
 Every error is ``{"success": false, "message": ...}`` with the right status
-(SPEC §5), and no malformed request gets a 500.
+(docs/protocol.md §10), and no malformed request gets a 500.
 """
 
 from __future__ import annotations

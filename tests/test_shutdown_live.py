@@ -1,4 +1,4 @@
-"""Start-up refusals and SIGTERM (SPEC §2, §3 "On shutdown"), with the Procfile's command."""
+"""Start-up refusals and SIGTERM (README, docs/protocol.md §8), with the Procfile's command."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The WebSocket protocol against the real gunicorn server (SPEC §3, seed protocol).
+"""The WebSocket protocol against the real gunicorn server (docs/protocol.md).
 
 Uses the session's default server: development mode, tokens required,
 in-process broker, default limits. Every test uses its own users.
@@ -242,7 +242,7 @@ def test_expiry_closes_with_4001_and_auth_refresh_extends(server, clients):
     assert_connected(lapsing.init(email, token=short), email)
     assert_connected(refreshed.init(email, token=short), email)
     assert_connected(reinit.init(email, token=short), email)
-    # A second init "changes nothing" (SPEC §3): not even the token deadline.
+    # A second init "changes nothing" (docs/protocol.md): not even the token deadline.
     again = reinit.init(email, token=emulator_token(email, ttl=600))
     assert_connected(again, email)
     assert again["expiresAt"] == lapsing_expiry(short)

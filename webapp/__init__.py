@@ -6,16 +6,16 @@ overrides), the broker, the token verifier, then the blueprints.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping
 
 from flask import Flask
 
+from webapp import logs, metrics
 from webapp.auth import TokenVerifier
 from webapp.bodies import CloseConnectionAfter
 from webapp.brokers import create_broker
-from webapp.config import load_settings
+from webapp.config import MAKE_RUN_DEFAULTS, load_settings
 from webapp.connection import InlineReader
 from webapp.errors import CallwireApi, handle_unexpected
 from webapp.realtime import Realtime
@@ -24,20 +24,19 @@ from webapp.validation import StrictJSONProvider
 __all__ = ["create_app"]
 
 
-def configure_logging() -> None:
-    """Send log lines to stderr once (gunicorn captures it), unless already set up."""
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(
-            level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-            format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
-        )
-
-
 def create_app(overrides: Mapping[str, str] | None = None) -> Flask:
-    """Build a Callwire app; ``overrides`` use the environment variable names of SPEC §2."""
-    configure_logging()
+    """Build a Callwire app; ``overrides`` use the environment variable names (README)."""
     settings = load_settings(overrides)
+    logs.configure(
+        settings.log_level,
+        settings.log_format,
+        # make run's defaults are public (README), and the start-up log names them.
+        secrets=[
+            value for value in (settings.events_api_key, settings.vapi_webhook_secret,
+                                settings.twilio_auth_token, settings.redis_url)
+            if value not in MAKE_RUN_DEFAULTS.values()
+        ],
+    )
     if settings.development:
         # firebase-admin reads its emulator switch from the process environment.
         os.environ.setdefault("FIREBASE_AUTH_EMULATOR_HOST", settings.emulator_host or "")
@@ -51,7 +50,7 @@ def create_app(overrides: Mapping[str, str] | None = None) -> Flask:
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="/docs",
         OPENAPI_SWAGGER_UI_URL="/docs/assets/",
-        OPENAPI_SWAGGER_UI_CONFIG={"validatorUrl": None},
+        OPENAPI_SWAGGER_UI_CONFIG={"validatorUrl": None, "persistAuthorization": True},
         SOCK_SERVER_OPTIONS={
             "ping_interval": settings.ping_interval,
             "max_message_size": settings.max_message_bytes,
@@ -69,6 +68,7 @@ def create_app(overrides: Mapping[str, str] | None = None) -> Flask:
             settings.project_id, allow_unverified_emails=settings.allow_unverified_emails
         ),
     )
+    metrics.watch_broker(app.extensions["callwire"].broker.is_ready)
 
     # Imported here: the blueprints depend on webapp, never the other way round.
     from blueprints import call_events, dev, docs_assets, health, pages, webhooks, websocket_api, ws
@@ -85,16 +85,21 @@ def create_app(overrides: Mapping[str, str] | None = None) -> Flask:
     api.spec.components.security_scheme(
         "apiKeyAuth", {"type": "apiKey", "in": "header", "name": "X-API-Key"}
     )
+    if settings.development:
+        api.register_blueprint(dev.blp)  # listed in /docs under its own tag, first
+    else:
+        app.register_blueprint(dev.off)  # every /dev URL: a JSON 404
     api.register_blueprint(websocket_api.blp)
     api.register_blueprint(call_events.blp)
     webhooks.register(api)
     app.register_blueprint(health.bp)
     app.register_blueprint(docs_assets.bp)
     app.register_blueprint(pages.bp)
-    app.register_blueprint(dev.bp)
     app.register_blueprint(ws.bp)
     ws.sock.init_app(app)
     app.register_error_handler(Exception, handle_unexpected)
+
+    app.wsgi_app = logs.RequestContext(app.wsgi_app)  # type: ignore[method-assign]
 
     settings.log_summary()
     return app

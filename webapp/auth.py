@@ -23,6 +23,7 @@ import firebase_admin
 import google.auth.credentials
 from firebase_admin import auth as firebase_auth
 
+from webapp import metrics
 from webapp.config import normalise_email
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,21 @@ class TokenVerifier:
 
     def verify(self, token: object) -> Identity:
         """Return the identity of a valid, unexpired token with an email claim."""
+        try:
+            identity = self._verify(token)
+        except TokenExpired:
+            metrics.TOKEN_VERIFICATIONS.labels("expired").inc()
+            raise
+        except AuthError:
+            metrics.TOKEN_VERIFICATIONS.labels("rejected").inc()
+            raise
+        except VerifierUnavailable:
+            metrics.TOKEN_VERIFICATIONS.labels("unavailable").inc()
+            raise
+        metrics.TOKEN_VERIFICATIONS.labels("valid").inc()
+        return identity
+
+    def _verify(self, token: object) -> Identity:
         if not isinstance(token, str) or not token.strip():
             raise AuthError("Authentication failed: missing token")
         try:

@@ -28,6 +28,10 @@ from webapp.hub import TooManyConnections
 from webapp.protocol import ProtocolError, authenticated, connected, encode, optional_string
 from webapp.realtime import Realtime
 
+NO_TOKEN = "Authentication failed: init requires a Firebase ID token"
+#: Added in development mode, where anyone can mint a token (close reasons: <= 123 bytes).
+DEV_TOKEN_HINT = " (development mode: get one from POST /dev/token)"
+
 
 class CloseClient(Exception):
     """A rule ends the client: tell it ``message`` (if any), then close with ``code``."""
@@ -103,9 +107,8 @@ class ClientRules:
                 )
             user_id = identity.email
         elif self.settings.require_token:
-            raise CloseClient(
-                CLOSE_POLICY, "Authentication failed: init requires a Firebase ID token"
-            )
+            hint = DEV_TOKEN_HINT if self.settings.development else ""
+            raise CloseClient(CLOSE_POLICY, NO_TOKEN + hint)
         elif claimed is None or not normalise_email(claimed):
             raise ProtocolError("Missing userId in init payload")
         else:
@@ -118,7 +121,7 @@ class ClientRules:
         if current is not None:
             if current != user_id:
                 raise ProtocolError(f"Already initialised as another user ({current})")
-            # A repeated init changes nothing (SPEC §3): same registration, no
+            # A repeated init changes nothing (docs/protocol.md): same registration, no
             # replay, same token deadline (auth refreshes it); only connected again.
             again: dict[str, Any] = {}
             if self.connection.token_expires_at is not None:

@@ -2,9 +2,9 @@
 
 Settings come in three layers: the defaults below, the process environment,
 and overrides handed to ``create_app`` (tests). All three use the environment
-variable names of SPEC §2, so a test override reads like a deployment.
-Validation happens once, at start-up, and fails with a sentence a person can
-act on.
+variable names of the README's configuration table, so a test override reads
+like a deployment. Validation happens once, at start-up, and fails with a
+sentence a person can act on.
 """
 
 from __future__ import annotations
@@ -25,6 +25,14 @@ DEV_PROJECT_ID = "demo-callwire"
 
 #: Default bound on the bytes waiting in one connection's outgoing queue (WS_SEND_QUEUE_BYTES).
 DEFAULT_SEND_QUEUE_BYTES = 4 * 1024 * 1024
+
+#: The secrets ``make run`` sets (Makefile). They are public, so the start-up
+#: log may show them; any other value of these variables is never logged.
+MAKE_RUN_DEFAULTS = {
+    "EVENTS_API_KEY": "dev-events-key",
+    "VAPI_WEBHOOK_SECRET": "dev-vapi-secret",
+    "TWILIO_AUTH_TOKEN": "dev-twilio-token",
+}
 
 
 #: The Procfile's ``--worker-connections``: gunicorn serves at most this many
@@ -84,6 +92,38 @@ def _as_list(raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
 
 
+#: Values of LOG_FORMAT: human-readable lines, or one JSON object per line.
+LOG_FORMATS = ("text", "json")
+
+
+def _as_choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
+    value = raw.strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {raw!r}.")
+    return value
+
+
+def _as_log_level(raw: str) -> str:
+    value = raw.strip().upper()
+    if value not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise ConfigError(
+            f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {raw!r}."
+        )
+    return value
+
+
+def _without_tls_verification(url: str | None, verify: bool) -> str | None:
+    """Add ``ssl_cert_reqs=none`` to a ``rediss://`` URL when verification is off.
+
+    Heroku Redis serves TLS with a self-signed certificate and owns the
+    REDIS_URL config var (it rewrites it when credentials rotate), so the
+    option cannot live in the URL itself.
+    """
+    if verify or not url or not url.startswith("rediss://") or "ssl_cert_reqs=" in url:
+        return url
+    return f"{url}{'&' if '?' in url else '?'}ssl_cert_reqs=none"
+
+
 def normalise_email(value: str) -> str:
     """Return the canonical form of a user id: emails compare case-insensitively."""
     return value.strip().lower()
@@ -119,6 +159,9 @@ class Settings:
     max_connections: int = field(default_factory=default_max_connections)
     max_pending_per_address: int = 1000
     forwarded_for_hops: int = 0
+    log_level: str = "INFO"
+    log_format: str = "text"
+    redis_tls_verify: bool = True
 
     @property
     def development(self) -> bool:
@@ -176,6 +219,15 @@ class Settings:
         values["firebase_project_id"] = get("FIREBASE_PROJECT_ID") or get("GOOGLE_CLOUD_PROJECT")
         values["emulator_host"] = get("FIREBASE_AUTH_EMULATOR_HOST")
         values["redis_url"] = get("REDIS_URL")
+        if (raw := get("REDIS_TLS_VERIFY")) is not None:
+            values["redis_tls_verify"] = _as_bool("REDIS_TLS_VERIFY", raw)
+            values["redis_url"] = _without_tls_verification(
+                values["redis_url"], values["redis_tls_verify"]
+            )
+        if (raw := get("LOG_LEVEL")) is not None:
+            values["log_level"] = _as_log_level(raw)
+        if (raw := get("LOG_FORMAT")) is not None:
+            values["log_format"] = _as_choice("LOG_FORMAT", raw, LOG_FORMATS)
         values["events_api_key"] = get("EVENTS_API_KEY")
         values["vapi_webhook_secret"] = get("VAPI_WEBHOOK_SECRET")
         values["twilio_auth_token"] = get("TWILIO_AUTH_TOKEN")
@@ -214,6 +266,21 @@ class Settings:
                 "DEVELOPMENT MODE: FIREBASE_AUTH_EMULATOR_HOST is set, so UNSIGNED "
                 "emulator tokens for project %s are accepted. Never run this in production.",
                 self.project_id,
+            )
+            secrets = {
+                "EVENTS_API_KEY": self.events_api_key,
+                "VAPI_WEBHOOK_SECRET": self.vapi_webhook_secret,
+                "TWILIO_AUTH_TOKEN": self.twilio_auth_token,
+            }
+            shown = "; ".join(
+                f"{name}={_describe_secret(name, value)}" for name, value in secrets.items()
+            )
+            logger.warning(
+                "development settings: FIREBASE_AUTH_EMULATOR_HOST=%s (no emulator needs to "
+                "run there: emulator tokens are checked in-process; mint one with POST "
+                "/dev/token, or open / and press Connect); %s; Swagger UI with the "
+                "development endpoints at /docs",
+                self.emulator_host, shown,
             )
         else:
             logger.info(
@@ -255,6 +322,15 @@ class Settings:
             self.forwarded_for_hops,
             "allowed" if self.allow_unverified_emails else "refused",
         )
+
+
+def _describe_secret(name: str, value: str | None) -> str:
+    """Show a secret in the start-up log only if it is make run's public default."""
+    if value is None:
+        return "unset (endpoint disabled)"
+    if value == MAKE_RUN_DEFAULTS.get(name):
+        return f"{value} (make run's default)"
+    return "set (value not logged)"
 
 
 def load_settings(overrides: Mapping[str, str] | None = None) -> Settings:

@@ -9,7 +9,7 @@ that overflows asks the session to close with 4008.
 
 :class:`WebSocketConnection` is the flask-sock / simple-websocket transport.
 :class:`SafeSocket` makes its raw socket writes whole and bounded in time
-(STACK-NOTES: ``Server.send`` uses ``socket.send`` and ignores short writes).
+(docs/stack-notes.md: ``Server.send`` uses ``socket.send`` and ignores short writes).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 _ids = itertools.count(1)
 
-#: Close codes of SPEC §3.
+#: Close codes of docs/protocol.md §5.
 CLOSE_NORMAL = 1000
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
@@ -62,6 +62,21 @@ WRITER_TURN_BACKLOG = 32
 #: How long closing waits for the frame being written, then for the close
 #: frame, before it gives up on the peer and drops the TCP connection.
 CLOSE_GRACE_SECONDS = 2.0
+
+
+def accepted_at(event_id: str | None) -> float:
+    """Return the monotonic moment an event was accepted, read from its id.
+
+    Ids are the accepting clock's time in microseconds (Redis ``TIME``, or this
+    process), so publish-to-write latency needs no extra field on the wire. A
+    test message (no id), or an id from a clock far off ours, counts from now.
+    """
+    now = time.monotonic()
+    order = event_id_order(event_id)
+    if order < 0:
+        return now
+    age = time.time() - order / 1_000_000
+    return now - age if 0.0 < age < 3600.0 else now
 
 
 class SafeSocket:
@@ -191,7 +206,7 @@ class Connection:
                 if order <= newest:
                     continue
                 newest = order
-            self._enqueue(frame, time.monotonic())
+            self._enqueue(frame, accepted_at(event_id))
         if newest >= 0:
             self.last_event_id = f"{newest:016d}"
 
@@ -223,6 +238,10 @@ class Connection:
             transport=self.transport_name,
         )
 
+    def log_context(self) -> dict[str, str | None]:
+        """Log fields for lines written about this connection from another greenlet."""
+        return {"connection_id": self.id, "user": self.user_id, "transport": self.transport_name}
+
     def mark_initialised(self, user_id: str) -> None:
         """Record the user this connection now belongs to."""
         self.user_id = user_id
@@ -247,7 +266,7 @@ class Connection:
             if order <= event_id_order(self.last_event_id):
                 return False
             self.last_event_id = event_id
-        return self._enqueue(frame, time.monotonic())
+        return self._enqueue(frame, accepted_at(event_id))
 
     # -- internals -------------------------------------------------------------
 
@@ -259,16 +278,18 @@ class Connection:
         # event cannot lock its owner out; behind others it overflows.
         over_bytes = self._queued_bytes > 0 and self._queued_bytes + size > self._byte_limit
         if len(self._queue) >= self._limit or over_bytes:
-            metrics.SLOW_CLIENTS_DROPPED.inc()
+            metrics.SLOW_CLIENTS_DROPPED.labels("queue_full").inc()
             logger.warning(
                 "connection %s user=%s too slow: %d messages (%d bytes) waiting, "
                 "closing with 4008",
                 self.id, self.user_id, len(self._queue), self._queued_bytes,
+                extra=self.log_context(),
             )
             self.request_close(CLOSE_TOO_SLOW, "Too slow: outgoing queue is full")
             return False
         self._queue.append((frame, queued_at, size))
         self._queued_bytes += size
+        metrics.note_queue_depth(len(self._queue))
         if self._writer is None:
             self._writer = gevent.spawn(self._drain)
         return True
@@ -285,7 +306,10 @@ class Connection:
                     logger.warning(
                         "delivery to connection %s user=%s failed: %s",
                         self.id, self.user_id, error or type(error).__name__,
+                        extra=self.log_context(),
                     )
+                    if self.close_requested is None:  # counted once per connection
+                        metrics.SLOW_CLIENTS_DROPPED.labels("write_failed").inc()
                     self.request_close(CLOSE_TOO_SLOW, "Too slow: write timed out")
                     return
                 finally:
@@ -356,7 +380,7 @@ class WebSocketConnection(Connection):
         self._readable: Any = None
         interval = getattr(ws, "ping_interval", None)
         self._next_ping = time.monotonic() + interval if interval else None
-        #: Consecutive pings the peer left unanswered; two drop it (SPEC §3).
+        #: Consecutive pings the peer left unanswered; two drop it (docs/protocol.md).
         self._missed_pings = 0
 
     def receive(self, timeout: float | None) -> Any:

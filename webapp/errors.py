@@ -81,7 +81,7 @@ class CallwireApi(Api):
         data = getattr(error, "data", None) or {}
         status = error.code or 500
         if status == 422:
-            # A body that fails validation is a bad request for our clients (SPEC §5).
+            # A body that fails validation is a bad request for our clients (docs/protocol.md §10).
             status = 400
         if data.get("message"):
             message = data["message"]

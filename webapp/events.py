@@ -2,7 +2,7 @@
 
 Every source (publish API, Vapi, Twilio) produces an :class:`EventDraft`;
 a broker decides with :func:`judge` whether it moves the call forward, gives
-it an id and turns it into the message of SPEC §3 with :func:`event_message`.
+it an id and turns it into the message of docs/protocol.md §3 with :func:`event_message`.
 Keeping these rules here lets the in-process and Redis brokers apply exactly
 the same ones (the Redis broker mirrors :func:`judge` in Lua).
 """
@@ -60,7 +60,7 @@ class PublishResult:
     event: dict[str, Any] | None = None
 
     def as_json(self) -> dict[str, Any]:
-        """Render the ``data`` object of the publish answer (SPEC §5)."""
+        """Render the ``data`` object of the publish answer (docs/protocol.md §10)."""
         body: dict[str, Any] = {"id": self.id, "delivered": self.delivered}
         if self.dropped:
             body["dropped"] = self.dropped
@@ -90,7 +90,7 @@ class UnknownOwner(PublishError):
 
 
 def judge(previous: CallState | None, draft: EventDraft) -> Verdict:
-    """Decide whether ``draft`` moves its call forward (SPEC §4).
+    """Decide whether ``draft`` moves its call forward (docs/protocol.md §6).
 
     Same status again is a duplicate (provider retry, end-of-call-report after
     ``ended``); anything after a terminal status, a lower status, or a lower

@@ -45,7 +45,7 @@ class Hub:
                 )
             current.add(connection)
             self._user_of[connection] = user_id
-            metrics.CONNECTIONS.set(len(self._user_of))
+            metrics.CONNECTIONS.labels(connection.transport_name).inc()
 
     def remove(self, connection: Connection) -> None:
         """Forget ``connection``; safe to call more than once."""
@@ -58,7 +58,7 @@ class Hub:
                 current.discard(connection)
                 if not current:
                     del self._by_user[user_id]
-            metrics.CONNECTIONS.set(len(self._user_of))
+            metrics.CONNECTIONS.labels(connection.transport_name).dec()
 
     def connections_of(self, user_id: str) -> list[Connection]:
         """Return a copy of the user's connections."""

@@ -1,7 +1,7 @@
 """The raw JSON WebSocket protocol: parse client frames, build server messages.
 
 Messages sent to clients are built here and nowhere else, so the seed's exact
-wording lives in one place (``seed/websocket-api.md``).
+wording lives in one place (docs/protocol.md, appendix).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from typing import Any
 
 from flask import current_app
 
-from webapp import metrics
+from webapp import logs, metrics
 from webapp.admission import Admission
 from webapp.auth import TokenVerifier
 from webapp.bodies import cut_reads
@@ -109,10 +109,16 @@ class Realtime:
         valid = [draft for draft, refusal in zip(drafts, refusals, strict=True) if refusal is None]
         try:
             published = self.broker.publish_batch(valid) if valid else []
-        except BatchInterrupted as interruption:
-            known = _in_order(refusals, interruption.outcomes)
+        except BrokerUnavailable as outage:
+            # Put the refusals back in place: what is known is every outcome
+            # before the first valid draft the broker did not answer.
+            answered = outage.outcomes if isinstance(outage, BatchInterrupted) else []
+            known = _in_order(refusals, answered)
             _count_events(source, known)
-            raise BatchInterrupted(str(interruption), known) from interruption
+            metrics.EVENTS_IN.labels(source, "unavailable").inc(len(drafts) - len(known))
+            if not known:
+                raise
+            raise BatchInterrupted(str(outage), known) from outage
         outcomes = _in_order(refusals, published)
         _count_events(source, outcomes)
         return outcomes
@@ -146,12 +152,14 @@ class Realtime:
             connection.end_seam([], None)
             raise
         connection.mark_initialised(user_id)
+        logs.bind(user=user_id)
         if connection.admission is not None:
             connection.admission.initialised()
         self.broker.presence_changed()
         recovered: bool | None = None
         snapshot = Snapshot([], None)
         events: list[dict[str, Any]] = []
+        replay = None
         try:
             if last_event_id is not None:
                 replay = self.broker.history_since(user_id, last_event_id)
@@ -167,6 +175,11 @@ class Realtime:
             events, latest = [], last_event_id
         if recovered is not None:
             extra["recovered"] = recovered
+        if last_event_id is not None:
+            metrics.RESUMES.labels(
+                "broker_unavailable" if replay is None
+                else "recovered" if recovered else "not_recovered"
+            ).inc()
         message = connected(user_id, **extra)
         connection.send(encode(message))
         frames = [(encode(m), m["id"], m["callId"]) for m in events]
@@ -180,6 +193,8 @@ class Realtime:
     def opened(self, connection: Connection) -> None:
         """Track a new connection so shutdown can close it even before init."""
         self._open.add(connection)
+        logs.bind(connection_id=connection.id, transport=connection.transport_name)
+        metrics.CONNECTIONS_OPENED.labels(connection.transport_name).inc()
 
     def detach(self, connection: Connection) -> None:
         """Forget a connection that has closed."""

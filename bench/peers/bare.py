@@ -6,7 +6,7 @@ protocol's init (its ``userId`` is all that is read: no token check, no
 history, no ordering, no validation); a publish writes each posted object,
 re-encoded, to every socket of its ``userId``. One lock per socket keeps
 concurrent publishers from interleaving frames (simple-websocket's ``send``
-is not safe from several greenlets, STACK-NOTES).
+is not safe from several greenlets, docs/stack-notes.md).
 """
 
 from __future__ import annotations

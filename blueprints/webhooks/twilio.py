@@ -1,4 +1,4 @@
-"""Twilio voice status callbacks in, call status events out (SPEC §4).
+"""Twilio voice status callbacks in, call status events out (docs/protocol.md §6).
 
 Point a call's ``statusCallback`` here, with ``?userId=<owner email>`` on the
 URL (Twilio signs the query string too). Twilio sends one form-encoded
@@ -29,8 +29,9 @@ from blueprints.webhooks.source import (
     shown,
     text,
 )
-from blueprints.webhooks.twilio_signature import public_url, signature_valid
+from blueprints.webhooks.twilio_signature import expected_signature, public_url, signature_valid
 from webapp.bodies import read_body
+from webapp.config import MAKE_RUN_DEFAULTS
 from webapp.events import EventDraft
 from webapp.realtime import realtime
 
@@ -123,6 +124,21 @@ blp = Blueprint(
 )
 
 
+#: One ringing callback, every field filled: Swagger UI sends each field it
+#: shows, so each needs an example for the form to be signable.
+EXAMPLE_FORM = {
+    "CallSid": "CA-example-1", "CallStatus": "ringing", "SequenceNumber": "1",
+    "Direction": "outbound-api", "From": "+15550199", "To": "+15550100",
+    "Timestamp": "Tue, 01 Dec 2026 00:00:00 +0000", "CallDuration": "0",
+    "SipResponseCode": "180",
+}
+#: Its signature with make run's TWILIO_AUTH_TOKEN, as Swagger UI sends it from /docs.
+EXAMPLE_URL = "http://127.0.0.1:3000/api/v6/call/webhook/twilio?userId=you%40example.com"
+EXAMPLE_SIGNATURE = expected_signature(
+    MAKE_RUN_DEFAULTS["TWILIO_AUTH_TOKEN"], EXAMPLE_URL, EXAMPLE_FORM.items()
+)
+
+
 class TwilioStatusCallbackSchema(ma.Schema):
     """The form parameters Callwire reads (Twilio sends more; all are signed).
 
@@ -133,23 +149,35 @@ class TwilioStatusCallbackSchema(ma.Schema):
     class Meta:
         unknown = ma.EXCLUDE
 
-    CallSid = ma.fields.String(metadata={"description": "The event's callId"})
+    CallSid = ma.fields.String(
+        metadata={"description": "The event's callId", "example": EXAMPLE_FORM["CallSid"]}
+    )
     CallStatus = ma.fields.String(
         metadata={"description": "queued, initiated, ringing, in-progress, completed, busy, "
-                  "no-answer, canceled, failed (data.providerStatus)"}
+                  "no-answer, canceled, failed (data.providerStatus)",
+                  "example": EXAMPLE_FORM["CallStatus"]}
     )
     SequenceNumber = ma.fields.String(
         metadata={"description": "Digits: order of the callbacks of one call; older ones "
-                  "are dropped"}
+                  "are dropped", "example": EXAMPLE_FORM["SequenceNumber"]}
     )
     Direction = ma.fields.String(
-        metadata={"description": "inbound: customerNumber is From; otherwise To"}
+        metadata={"description": "inbound: customerNumber is From; otherwise To",
+                  "example": EXAMPLE_FORM["Direction"]}
     )
-    From = ma.fields.String()
-    To = ma.fields.String()
-    Timestamp = ma.fields.String(metadata={"description": "RFC 2822 time of the status change"})
-    CallDuration = ma.fields.String(metadata={"description": "Digits: seconds, on completed calls"})
-    SipResponseCode = ma.fields.String(metadata={"description": "Digits"})
+    From = ma.fields.String(metadata={"example": EXAMPLE_FORM["From"]})
+    To = ma.fields.String(metadata={"example": EXAMPLE_FORM["To"]})
+    Timestamp = ma.fields.String(
+        metadata={"description": "RFC 2822 time of the status change",
+                  "example": EXAMPLE_FORM["Timestamp"]}
+    )
+    CallDuration = ma.fields.String(
+        metadata={"description": "Digits: seconds, on completed calls",
+                  "example": EXAMPLE_FORM["CallDuration"]}
+    )
+    SipResponseCode = ma.fields.String(
+        metadata={"description": "Digits", "example": EXAMPLE_FORM["SipResponseCode"]}
+    )
 
 
 def require_twilio_signature() -> None:
@@ -174,16 +202,25 @@ def require_twilio_signature() -> None:
 class TwilioWebhook(MethodView):
     @blp.doc(
         security=[{"twilioSignature": []}],
+        description=(
+            "Try it from /docs under make run (http://127.0.0.1:3000): Authorize "
+            f"`twilioSignature` with `{EXAMPLE_SIGNATURE}`; the example form with "
+            "userId you@example.com is then signed as Twilio signs it."
+        ),
         parameters=[{
             "in": "query",
             "name": "userId",
             "schema": {"type": "string"},
+            "example": "you@example.com",
             "description": "Email of the call's owner; optional once the call's owner is known",
         }],
         requestBody={
             "required": True,
             "content": {
-                "application/x-www-form-urlencoded": {"schema": TwilioStatusCallbackSchema}
+                "application/x-www-form-urlencoded": {
+                    "schema": TwilioStatusCallbackSchema,
+                    "example": EXAMPLE_FORM,
+                }
             },
         },
     )

@@ -1,4 +1,4 @@
-"""Vapi server messages in, call status events out (SPEC §4).
+"""Vapi server messages in, call status events out (docs/protocol.md §6).
 
 Vapi POSTs every server message of an assistant or phone number to one URL.
 Only ``status-update`` and ``end-of-call-report`` say how a call stands; every
@@ -55,7 +55,7 @@ STATUS_MAP: dict[str, str] = {
 # transport never up). A busy line, an unanswered call, a caller who hangs up
 # while it rings, a voicemail or any error *during* a connected call (the
 # pipeline-error-* and call.in-progress.error-* families) is "ended": the
-# call happened, or the callee chose not to take it (SPEC §4, the seed).
+# call happened, or the callee chose not to take it (docs/webhooks.md).
 
 _NEVER_CONNECTED_PREFIXES = ("call.start.error-", "call-start-error-")
 _NEVER_CONNECTED_FRAGMENTS = ("failed-to-connect", "transport-never-connected")
@@ -116,7 +116,7 @@ def server_message(body: Any) -> dict[str, Any]:
 
 
 def metadata_owner(call: dict[str, Any]) -> str | None:
-    """Return the owner a call's metadata names (SPEC §4 order), normalised, or None.
+    """Return the owner a call's metadata names (docs/webhooks.md order), normalised, or None.
 
     ``assistant.metadata`` is deliberately not read: an assistant serves the
     calls of many users, so a user named there is not the owner of this call.
@@ -173,7 +173,7 @@ def translate(body: Any) -> EventDraft | Ignored:
 
 
 def resolve_owner(draft: EventDraft, known_owner: str | None) -> EventDraft | Ignored:
-    """Apply SPEC §4's owner order: the call's known owner, else the one its metadata names."""
+    """Apply docs/webhooks.md's owner order: the known owner, else the one the metadata names."""
     if known_owner is not None:
         return replace(draft, user_id=known_owner)
     if draft.user_id is not None:
@@ -273,7 +273,19 @@ class VapiWebhook(MethodView):
         security=[{"vapiSecret": []}, {"vapiBearer": []}],
         requestBody={
             "required": True,
-            "content": {"application/json": {"schema": VAPI_SERVER_MESSAGE}},
+            "content": {"application/json": {
+                "schema": VAPI_SERVER_MESSAGE,
+                "example": {"message": {
+                    "type": "status-update",
+                    "status": "in-progress",
+                    "call": {
+                        "id": "vapi-call-1",
+                        "assistantId": "demo-assistant",
+                        "customer": {"number": "+15550100"},
+                        "metadata": {"userId": "you@example.com"},
+                    },
+                }},
+            }},
         },
     )
     @blp.response(200, WebhookAnswerSchema)

@@ -15,9 +15,17 @@ from pathlib import Path
 import requests
 
 from tests.support.net import free_port, wait_for_port
+from webapp.config import MAKE_RUN_DEFAULTS
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
+
+#: Settings that are secrets: no log may ever contain their values.
+SECRET_SETTINGS = ("EVENTS_API_KEY", "VAPI_WEBHOOK_SECRET", "TWILIO_AUTH_TOKEN")
+#: Every secret value and log file of the servers this session started
+#: (checked at the end of the session by tests/conftest.py).
+SECRETS_USED: set[str] = set()
+LOGS_WRITTEN: list[Path] = []
 
 #: Settings every test server gets unless a test overrides them.
 BASE_ENV = {
@@ -110,6 +118,12 @@ def start_server(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    LOGS_WRITTEN.append(log_path)
+    # make run's defaults are public (README) and the start-up log names them.
+    SECRETS_USED.update(
+        env[name] for name in SECRET_SETTINGS
+        if env.get(name) and env[name] != MAKE_RUN_DEFAULTS.get(name)
+    )
     server = LiveServer(port, env, process, log_path, env.get("EVENTS_API_KEY", ""))
     if wait:
         try:

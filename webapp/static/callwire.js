@@ -18,7 +18,7 @@
   var EVENT_NAME = 'call.status.changed';
 
   /*
-   * Close codes of SPEC section 3 and what the client does about each:
+   * Close codes of docs/protocol.md section 5 and what the client does about each:
    *   stop        - do not reconnect
    *   fresh-token - reconnect only with a freshly fetched token (needs getToken)
    *   restart     - server restarting: reconnect soon, jittered, and resume

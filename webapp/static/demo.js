@@ -306,6 +306,10 @@
   document.querySelectorAll('#curl-snippet .origin').forEach(function (el) {
     el.textContent = location.origin;
   });
+  // A call id of this page's own, so the pasted snippet never hits another user's call-1.
+  document.querySelectorAll('#curl-snippet .call-id').forEach(function (el) {
+    el.textContent = 'call-' + Math.random().toString(16).slice(2, 10);
+  });
 
   if (development) {
     $('dev-signin').addEventListener('submit', function (event) {
