@@ -220,3 +220,31 @@ def test_readme_layout_lists_what_is_there() -> None:
     }
     unlisted = sorted(str(p.relative_to(ROOT)) for p in expected - named)
     assert not unlisted, f"add these to the README's layout block: {unlisted}"
+
+
+def test_make_run_installs_only_what_running_needs(tmp_path: Path) -> None:
+    commands = subprocess.run(
+        ["make", "-n", "run", f"VENV={tmp_path / 'venv'}"], cwd=ROOT,
+        capture_output=True, text=True, check=True,
+    ).stdout
+    assert "-r requirements.txt" in commands
+    assert "requirements-dev" not in commands
+    tests = subprocess.run(
+        ["make", "-n", "test", f"VENV={tmp_path / 'venv'}"], cwd=ROOT,
+        capture_output=True, text=True, check=True,
+    ).stdout
+    assert "-r requirements-dev.txt" in tests
+
+
+def test_readme_names_exactly_what_make_run_sets() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    defaults = dict(re.findall(r"(\w+)=\$\$\{\1:-([^}]+)\}", makefile))
+    assert "FIREBASE_AUTH_EMULATOR_HOST" in defaults
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### What `make run` sets", 1)[1].split("\n#", 1)[0]
+    shown = dict(re.findall(r"^\| `(\w+)` \| `([^`]+)` \|", section, re.M))
+    assert shown == defaults
+    # The start-up log may show these values because they are public.
+    from webapp.config import MAKE_RUN_DEFAULTS
+
+    assert {k: v for k, v in defaults.items() if k in MAKE_RUN_DEFAULTS} == MAKE_RUN_DEFAULTS
