@@ -93,6 +93,16 @@ def test_check_json_accepts_only_what_encodes_strictly_and_round_trips(value):
     assert_strict_round_trip(value)
 
 
+@FUZZ
+@given(json_values | deep_values | st.sampled_from([-(10**4000), 10**4299, "\x00" * 9, "😀" * 9]))
+def test_check_json_bounds_the_encoded_size_so_small_data_needs_no_encoding(value):
+    try:
+        bound = check_json(value)
+    except InvalidInput:
+        return
+    assert bound >= len(dumps(value).encode("utf-8"))
+
+
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), "\ud800", {"\udc00": 1},
                                    nested(33), [nested(2000)]])
 def test_check_json_refuses_what_is_not_strict_json(value):

@@ -70,27 +70,34 @@ def check_text(value: str) -> None:
             ) from None
 
 
-def check_json(value: Any, max_depth: int = MAX_DEPTH) -> None:
+def check_json(value: Any, max_depth: int = MAX_DEPTH) -> int:
     """Raise :class:`InvalidInput` unless ``value`` is plain JSON that any encoder can write.
 
-    Walks without recursion, so no input can exhaust the stack.
+    Walks without recursion, so no input can exhaust the stack. Returns an
+    upper bound of its size as compact UTF-8 JSON (a character takes at most
+    six bytes, as ``\\u0000``), so most values need no encoding to be measured.
     """
+    bound = 0
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
         kind = type(item)
         if kind is str:
             check_text(item)
+            bound += 6 * len(item) + 2
         elif kind is dict or kind is list:
             if depth > max_depth:
                 raise InvalidInput(f"nested more than {max_depth} levels deep")
+            bound += 2
             if kind is dict:
                 for key, inner in item.items():
                     if type(key) is not str:
                         raise InvalidInput("object keys must be strings")
                     check_text(key)
+                    bound += 6 * len(key) + 4  # quotes, colon, comma
                     stack.append((inner, depth + 1))
             else:
+                bound += len(item)  # commas
                 stack.extend((inner, depth + 1) for inner in item)
         elif kind is float:
             if not math.isfinite(item):
@@ -98,14 +105,19 @@ def check_json(value: Any, max_depth: int = MAX_DEPTH) -> None:
                     "numbers must be finite: NaN, Infinity and numbers as large as 1e400 "
                     "are not JSON"
                 )
+            bound += 24  # the longest repr of a float
         elif kind is int:
             if item.bit_length() > 64:
                 try:
                     str(item)
                 except ValueError:  # more than sys.get_int_max_str_digits() (4,300) digits
                     raise InvalidInput("integers must have at most 4300 digits") from None
-        elif item is not None and kind is not bool:
+            bound += item.bit_length() // 3 + 2  # digits (fewer than bits / 3.32) and sign
+        elif item is None or kind is bool:
+            bound += 5
+        else:
             raise InvalidInput(f"{kind.__name__} is not a JSON value")
+    return bound
 
 
 def check_draft(draft: EventDraft) -> None:
@@ -151,9 +163,11 @@ def _check_id(name: str, value: str, longest: int) -> None:
 
 def _check_data(data: dict[str, Any]) -> None:
     try:
-        check_json(data, MAX_DEPTH)
+        bound = check_json(data, MAX_DEPTH)
     except InvalidInput as problem:
         raise InvalidInput(f"data: {problem}") from None
+    if bound <= MAX_DATA_BYTES:
+        return
     encoded = dumps(data)
     # Characters never outnumber bytes: count bytes only when it could matter.
     if len(encoded) > MAX_DATA_BYTES or (
@@ -168,6 +182,11 @@ def _check_data(data: dict[str, Any]) -> None:
 # -- out: strict JSON ------------------------------------------------------------------
 
 
+#: Built once: ``json.dumps`` with arguments builds a new encoder on every call.
+_STRICT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_STRICT_ASCII = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def dumps(value: Any) -> str:
     """Encode ``value`` as compact, strict JSON text that is also valid UTF-8.
 
@@ -175,12 +194,12 @@ def dumps(value: Any) -> str:
     when it is not valid Unicode: then it is escaped, so the frame can still be
     sent and parsed (inputs are checked before this; the fallback is a net).
     """
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    text = _STRICT.encode(value)
     if not text.isascii():
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
-            text = json.dumps(value, separators=(",", ":"), allow_nan=False)
+            text = _STRICT_ASCII.encode(value)
     return text
 
 
