@@ -5,10 +5,13 @@ line; this file adds what a command line cannot: refusing an impossible
 configuration, gc tuning after fork, and closing sockets with 1012 on SIGTERM.
 """
 
+import contextlib
 import gc
 import importlib.util
+import logging
 import os
 import signal
+import socket
 import sys
 
 # A WebSocket holds a worker connection for its whole life: gunicorn's default
@@ -20,6 +23,10 @@ timeout = 30
 # An idle HTTP keep-alive connection holds a stopping worker this long: keep it short.
 keepalive = 2
 control_socket_disable = True
+# Reconnect storms queue thousands of connections while the worker admits them
+# at the pace it can initialise them (admit_at_the_pace_of_inits); the kernel
+# caps this at net.core.somaxconn (4096 by default).
+backlog = 4096
 
 
 def _load_by_path(name, relative):
@@ -85,14 +92,122 @@ def post_worker_init(worker):
     # idle connection and a stack capture per delivery (bench/README.md).
     gevent.config.track_greenlet_tree = False
 
+    listeners = track_listeners()
     previous = signal.getsignal(signal.SIGTERM)
 
     def on_sigterm(signum, frame):
+        # Stop listening here and now: a greenlet would wait for a busy loop's turn.
+        stop_listening(listeners)
         gevent.spawn(node.shutdown)
         if callable(previous):
             previous(signum, frame)
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    gevent.spawn(admit_at_the_pace_of_inits, listeners, node)
+
+
+#: Admission in a reconnect storm (admit_at_the_pace_of_inits): accepting pauses
+#: while at least ADMISSION_HIGH accepted sockets wait for their init to be served
+#: AND the event loop runs late, and resumes when either has eased, or after
+#: ADMISSION_PAUSE_MAX seconds at most.
+ADMISSION_HIGH = 256
+ADMISSION_LOW = 128
+ADMISSION_CHECK_SECONDS = 0.01
+ADMISSION_LAG_HIGH = 0.02
+ADMISSION_LAG_LOW = 0.005
+ADMISSION_PAUSE_MAX = 0.5
+
+
+def admit_at_the_pace_of_inits(listeners, node):
+    """Pause accepting while the worker is busy serving the inits of sockets it accepted.
+
+    gevent's server accepts up to 100 connections on every turn of the loop,
+    so in a reconnect storm new sockets (handshakes) crowd out the inits of
+    sockets already accepted: a restarted worker accepted 900-1,100
+    connections a second but served 300-370 inits, clients waited 14-25 s
+    for ``connected`` and gave up (issue 12). While many accepted sockets
+    wait for their init and the loop runs late (it has more ready work than
+    it can do), the kernel's listen backlog holds new connections instead,
+    cheaply, and the accepted ones are served first. Sockets that simply
+    have not sent their init yet cost no loop time, so they never pause
+    accepting (no one can lock others out by opening idle sockets), and a
+    pause never lasts more than ``ADMISSION_PAUSE_MAX``.
+    """
+    import time
+
+    import gevent
+
+    paused_at = None
+    while not node.shutting_down:
+        before = time.monotonic()
+        gevent.sleep(ADMISSION_CHECK_SECONDS)
+        now = time.monotonic()
+        lag = now - before - ADMISSION_CHECK_SECONDS
+        pools = [server.pool for server in listeners if server.pool is not None]
+        waiting = sum(len(pool) for pool in pools) - node.hub.count()
+        if paused_at is None:
+            if waiting >= ADMISSION_HIGH and lag >= ADMISSION_LAG_HIGH:
+                paused_at = now
+                for server in listeners:
+                    server.stop_accepting()
+        elif (waiting <= ADMISSION_LOW or lag <= ADMISSION_LAG_LOW
+              or now - paused_at >= ADMISSION_PAUSE_MAX):
+            paused_at = None
+            for server in listeners:
+                if server.started:  # never after SIGTERM
+                    server.start_accepting()
+
+
+def track_listeners():
+    """Return the list the gevent worker's accepting servers will be recorded in.
+
+    gunicorn's gevent worker builds its ``StreamServer``s inside ``run()``
+    (after this hook) and stops them only on its next one-second tick after
+    SIGTERM; meanwhile the kernel keeps queueing reconnects for a worker that
+    is going away, and resets them when it exits (issue 12). Recording the
+    servers lets the SIGTERM handler stop them at once.
+    """
+    from gunicorn.workers import ggevent
+
+    listeners = []
+    base = ggevent.StreamServer
+
+    class TrackedStreamServer(base):
+        def start(self):
+            super().start()
+            listeners.append(self)
+
+        def close(self):
+            """Stop listening for good, but leave the socket object to the process's exit.
+
+            The listening socket is shut down, not closed: the kernel stops
+            listening at once (a reconnect is refused and tried against the
+            next server, which can bind the port thanks to SO_REUSEADDR),
+            while the handlers of connections accepted just before, which a
+            busy worker may start a moment later, can still ask it for its
+            name; closing it made each of them log ``OSError: [Errno 9] Bad
+            file descriptor``. Both this hook and gunicorn's own tick call it.
+            """
+            self._stop_event.set()  # as BaseServer.close(): accepting never restarts
+            self.stop_accepting()
+            with contextlib.suppress(OSError):
+                self.socket.shutdown(socket.SHUT_RD)
+
+    ggevent.StreamServer = TrackedStreamServer
+    return listeners
+
+
+def stop_listening(listeners):
+    """On SIGTERM: stop listening at once (``TrackedStreamServer.close``).
+
+    The master closes its own copy of the listener on SIGTERM
+    (``Arbiter.stop``), so the port is free for the next server.
+    """
+    for server in listeners:
+        try:
+            server.close()
+        except Exception:  # noqa: BLE001 - every listener must be stopped
+            logging.getLogger("callwire.shutdown").exception("stopping %s failed", server)
 
 
 #: How often the worker moves what survived the young collections out of the collector's sight.

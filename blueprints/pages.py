@@ -21,6 +21,7 @@ CLOSE_CODES: tuple[tuple[int, str, str], ...] = (
     (1009, "frame too large", "fix the client"),
     (1011, "internal error", "retry with backoff"),
     (1012, "server restarting", "reconnect now, resume"),
+    (1013, "try again later: service busy or Redis unreachable", "retry with backoff, resume"),
     (4001, "token expired", "get a fresh token, reconnect"),
     (4008, "too slow to keep up", "reconnect, resume with lastEventId"),
 )

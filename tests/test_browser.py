@@ -46,6 +46,8 @@ DOCUMENTED_CLOSE_CODES = {
     1009: ("frame too large", "fix the client", "stop"),
     1011: ("internal error", "retry with backoff", "backoff"),
     1012: ("server restarting", "reconnect now, resume", "restart"),
+    1013: ("try again later: service busy or Redis unreachable", "retry with backoff, resume",
+           "backoff"),
     4001: ("token expired", "get a fresh token, reconnect", "fresh-token"),
     4008: ("too slow to keep up", "reconnect, resume with `lastEventId`", "backoff"),
 }
@@ -578,12 +580,13 @@ def test_backoff_is_capped_full_jitter(server, open_tab):
     assert ceilings == [499, 999, 1999, 3999, 7999, 15999, 29999, 29999, 29999]
     assert tab.js("() => Callwire.backoffDelay(5, 500, 30000, () => 0)") == 0
     actions = tab.js(
-        "() => Object.fromEntries([1000, 1006, 1008, 1009, 1011, 1012, 4001, 4008]"
+        "() => Object.fromEntries([1000, 1006, 1008, 1009, 1011, 1012, 1013, 4001, 4008]"
         ".map(c => [c, Callwire.closeAction(c)]))"
     )
     assert actions == {
         "1000": "stop", "1006": "backoff", "1008": "fresh-token", "1009": "stop",
-        "1011": "backoff", "1012": "restart", "4001": "fresh-token", "4008": "backoff",
+        "1011": "backoff", "1012": "restart", "1013": "backoff", "4001": "fresh-token",
+        "4008": "backoff",
     }
 
 

@@ -327,3 +327,8 @@ def test_a_peer_that_does_not_answer_pings_is_dropped(server_factory, clients):
     # The one that answered is still there.
     good.send_json({"type": "ping"})
     assert good.recv_json(timeout=5) == {"type": "pong"}
+    # The log says why it was dropped, not "peer closed".
+    deadline = time.monotonic() + 5
+    while "(closed 1008: no pong to two pings)" not in live.log():
+        assert time.monotonic() < deadline, live.log()[-1500:]
+        time.sleep(0.05)

@@ -26,7 +26,7 @@ import redis
 from tests.support.net import free_port, wait_for_port
 from tests.support.redis_server import RedisServer
 from tests.support.tools import require_tool
-from webapp.brokers.base import BrokerUnavailable, ConnectionInfo, Replay
+from webapp.brokers.base import BrokerBusy, BrokerUnavailable, ConnectionInfo, Replay
 from webapp.brokers.redis import RedisBroker
 from webapp.events import STATUSES, CallState, EventDraft, OwnershipConflict, judge
 
@@ -273,6 +273,40 @@ def test_a_redis_outage_answers_unavailable_fast_and_delivery_resumes(own_redis,
     after = broker.publish(ringing("call-after"))
     process.wait_ids(ALICE, [before.id, after.id])
     assert "retrying in" in caplog.text
+
+
+def test_a_full_pool_waits_for_a_connection_and_is_busy_not_down(redis_url, brokers):
+    """Thousands of inits at once wait for a pooled connection; a healthy Redis is never
+    reported down because this process ran out of connections (issue 12)."""
+    broker = brokers(redis_url, max_connections=4, pool_wait_seconds=0.5)
+    pool = broker._redis.connection_pool
+    held = [pool.get_connection() for _ in range(4)]
+    # All four busy: a command waits, then gives up as busy, not as Redis down.
+    started = time.monotonic()
+    with pytest.raises(BrokerBusy):
+        broker.snapshot(ALICE)
+    assert 0.4 < time.monotonic() - started < 1.5
+    assert broker.is_ready()
+    # A connection freed during the wait serves the waiting command.
+    result: list[Any] = []
+    waiter = threading.Thread(target=lambda: result.append(broker.snapshot(ALICE)))
+    waiter.start()
+    time.sleep(0.1)
+    pool.release(held.pop())
+    waiter.join(2)
+    assert result and result[0].events == []
+    for connection in held:
+        pool.release(connection)
+    # Many more concurrent commands than connections all succeed.
+    answers: list[Any] = []
+    threads = [threading.Thread(target=lambda: answers.append(broker.snapshot(ALICE)))
+               for _ in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5)
+    assert len(answers) == 40
+    assert len(pool._connections) <= 4
 
 
 def test_events_published_while_a_subscription_is_down_are_recovered(own_redis, brokers,

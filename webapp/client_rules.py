@@ -21,8 +21,15 @@ import time
 from typing import Any
 
 from webapp.auth import AuthError, Identity, VerifierUnavailable
+from webapp.brokers.base import BrokerUnavailable
 from webapp.config import normalise_email
-from webapp.connection import CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_TOKEN_EXPIRED, Connection
+from webapp.connection import (
+    CLOSE_INTERNAL,
+    CLOSE_POLICY,
+    CLOSE_TOKEN_EXPIRED,
+    CLOSE_TRY_AGAIN,
+    Connection,
+)
 from webapp.events import utc_timestamp
 from webapp.hub import TooManyConnections
 from webapp.protocol import ProtocolError, authenticated, connected, encode, optional_string
@@ -133,6 +140,11 @@ class ClientRules:
             message = self.node.attach(self.connection, user_id, last_event_id or None, **extra)
         except TooManyConnections as refusal:
             raise CloseClient(CLOSE_POLICY, str(refusal)) from None
+        except BrokerUnavailable:
+            # Not the client's fault: 1013 tells it to retry (with backoff) and resume.
+            raise CloseClient(
+                CLOSE_TRY_AGAIN, "Service unavailable: history cannot be read, retry shortly"
+            ) from None
         if identity is not None:
             self.connection.token_expires_at = identity.expires_at
         return message

@@ -162,6 +162,9 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "text"
     redis_tls_verify: bool = True
+    redis_max_connections: int = 50
+    redis_pool_wait: float = 5.0
+    redis_timeout: float = 2.0
 
     @property
     def development(self) -> bool:
@@ -195,6 +198,7 @@ class Settings:
             "WS_MAX_CONNECTIONS": ("max_connections", 1),
             "WS_MAX_PENDING_PER_ADDRESS": ("max_pending_per_address", 1),
             "FORWARDED_FOR_HOPS": ("forwarded_for_hops", 0),
+            "REDIS_MAX_CONNECTIONS": ("redis_max_connections", 4),
         }
         for name, (attr, minimum) in ints.items():
             if (raw := get(name)) is not None:
@@ -204,6 +208,8 @@ class Settings:
             "WS_INIT_TIMEOUT": ("init_timeout", 0.1),
             "WS_WRITE_TIMEOUT": ("write_timeout", 0.1),
             "HTTP_BODY_TIMEOUT": ("body_timeout", 0.1),
+            "REDIS_POOL_WAIT": ("redis_pool_wait", 0.1),
+            "REDIS_TIMEOUT": ("redis_timeout", 0.1),
         }
         for name, (attr, minimum) in floats.items():
             if (raw := get(name)) is not None:

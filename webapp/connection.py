@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import select
 import socket
 import struct
 import time
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import gevent
 import gevent.lock
+from gevent import monkey
 from simple_websocket import ConnectionClosed
 from wsproto.events import Ping
 from wsproto.utilities import LocalProtocolError
@@ -47,6 +49,8 @@ CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
 CLOSE_RESTART = 1012
+#: Try again later: the server cannot serve this now (broker unreachable or busy).
+CLOSE_TRY_AGAIN = 1013
 CLOSE_TOKEN_EXPIRED = 4001
 CLOSE_TOO_SLOW = 4008
 
@@ -336,6 +340,10 @@ class Connection:
 #: What ``WebSocketConnection.receive`` returns when another greenlet woke it.
 WAKE = object()
 
+#: ``select.poll`` as the OS has it (gevent's would wait on the hub; a zero-timeout
+#: check must not yield).
+_unpatched_poll = monkey.get_original("select", "poll")
+
 
 class InlineReader:
     """Stand-in for simple-websocket's reader thread (``thread_class``): it never runs.
@@ -382,6 +390,8 @@ class WebSocketConnection(Connection):
         self._next_ping = time.monotonic() + interval if interval else None
         #: Consecutive pings the peer left unanswered; two drop it (docs/protocol.md).
         self._missed_pings = 0
+        #: Why this side ended the connection when the peer never learns it (logged).
+        self.end_reason: str | None = None
 
     def receive(self, timeout: float | None) -> Any:
         """Return the next frame, None on timeout, or :data:`WAKE`; raise when closed.
@@ -402,7 +412,12 @@ class WebSocketConnection(Connection):
                 self._ping()
                 continue
             if deadline is not None and now >= deadline:
-                return None
+                # A busy server may wake this greenlet late, after input arrived:
+                # what the peer sent in time is read before the deadline counts.
+                if not self._readable_now():
+                    return None
+                self._read_once()
+                continue
             waits = [t - now for t in (deadline, self._next_ping) if t is not None]
             if self._wait_readable(min(waits) if waits else None) and not ws.input_buffer:
                 self._read_once()
@@ -419,6 +434,12 @@ class WebSocketConnection(Connection):
             return ws.event.wait(seconds)
         finally:
             self._readable.stop()
+
+    def _readable_now(self) -> bool:
+        """Return True if the socket has input (or an end) waiting, without waiting."""
+        poller = _unpatched_poll()
+        poller.register(self._ws.sock.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
 
     def _read_once(self) -> None:
         """Read what the socket has and let wsproto turn it into frames and answers."""
@@ -442,6 +463,7 @@ class WebSocketConnection(Connection):
         self._next_ping = time.monotonic() + ws.ping_interval
         self._missed_pings = 0 if ws.pong_received else self._missed_pings + 1
         if self._missed_pings >= 2:
+            self.end_reason = f"closed {CLOSE_POLICY}: no pong to two pings"
             with contextlib.suppress(Exception):  # the peer may be gone already
                 ws.close(reason=CLOSE_POLICY, message="Ping/Pong timeout")
             ws.connected = False

@@ -87,6 +87,10 @@ class Hub:
             gevent.sleep(0)
         return taken
 
+    def count(self) -> int:
+        """Return how many connections are registered (initialised), without copying."""
+        return len(self._user_of)
+
     def connection_infos(self) -> list[ConnectionInfo]:
         """Describe every registered connection."""
         return [c.info() for c in self.all_connections()]

@@ -142,7 +142,10 @@ class Realtime:
 
         Live events are held back while history is read, so nothing is lost or
         repeated at the seam. Returns the ``connected`` message it sent.
-        Raises ``TooManyConnections``.
+        Raises ``TooManyConnections``, and ``BrokerUnavailable`` when history
+        cannot be read: the connection is then unregistered and must be closed
+        with a code the client retries (never ``connected`` without the replay
+        or snapshot it is owed).
         """
         self.ensure_started()
         connection.begin_seam()
@@ -168,11 +171,12 @@ class Realtime:
             if not recovered:
                 snapshot = self.broker.snapshot(user_id)
                 events, latest = snapshot.events, snapshot.latest_id
-        except BrokerUnavailable:
-            logger.warning("connection %s user=%s: history unavailable (broker down)",
-                           connection.id, user_id)
-            recovered = False if last_event_id is not None else None
-            events, latest = [], last_event_id
+        except BrokerUnavailable as failure:
+            logger.warning("connection %s user=%s: history unavailable, init refused (%s)",
+                           connection.id, user_id, failure)
+            self.hub.remove(connection)
+            self.broker.presence_changed()
+            raise
         if recovered is not None:
             extra["recovered"] = recovered
         if last_event_id is not None:

@@ -61,7 +61,7 @@ class Session:
                 connection.send(encode(error(close.message)))
             connection.close(close.code, close.message or "")
         except ConnectionClosed:
-            pass
+            reason = connection.end_reason or reason
         except Exception:
             # A bug must not leave the socket half-served, nor let flask-sock
             # answer an HTTP 500 down an upgraded connection: close it with 1011.

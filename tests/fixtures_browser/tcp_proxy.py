@@ -84,6 +84,12 @@ class TcpProxy:
         self._down = True
         return self.cut()
 
+    def partition(self) -> int:
+        """Start a network partition until :meth:`up`: current connections go silent
+        (:meth:`blackhole`), new ones are dropped at once."""
+        self._down = True
+        return self.blackhole()
+
     def up(self) -> None:
         """End the outage."""
         self._down = False

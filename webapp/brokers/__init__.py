@@ -26,6 +26,9 @@ def create_broker(settings: Settings) -> Broker:
             history_size=settings.history_size,
             history_ttl_seconds=settings.history_ttl_seconds,
             idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
+            max_connections=settings.redis_max_connections,
+            pool_wait_seconds=settings.redis_pool_wait,
+            command_timeout_seconds=settings.redis_timeout,
         )
     from webapp.brokers.memory import MemoryBroker
 

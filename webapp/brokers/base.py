@@ -31,6 +31,10 @@ class BatchInterrupted(BrokerUnavailable):
         self.outcomes = outcomes
 
 
+class BrokerBusy(BrokerUnavailable):
+    """The store is reachable but this process could not get a turn in time; retry later."""
+
+
 @dataclass(frozen=True)
 class Replay:
     """Events newer than a client's ``lastEventId``, oldest first."""

@@ -46,6 +46,16 @@ of the owner's connections that live workers reported last.
 :class:`BrokerUnavailable` (REST answers 503). The listener thread
 reconnects with capped exponential backoff, then recovers what it missed.
 
+**Connections are bounded and waited for.** redis-py's default pool opens up
+to 100 connections and then raises "Too many connections" at once: during a
+reconnect storm thousands of inits read history together, and a healthy
+Redis looked down (resumes answered ``recovered: false``, publishes 503). The
+pool here (:class:`_WaitingPool`) holds at most ``REDIS_MAX_CONNECTIONS`` and
+makes a command wait up to ``REDIS_POOL_WAIT`` seconds for a free one; Redis
+runs one command at a time anyway, so more connections would not serve more.
+A wait that runs out is :class:`BrokerBusy` (still a retryable 503 / close
+1013), never counted as Redis being unreachable.
+
 Not for Redis Cluster: the publish script derives the owner's keys itself.
 """
 
@@ -80,6 +90,7 @@ from webapp.brokers import redis_scripts
 from webapp.brokers.base import (
     BatchInterrupted,
     Broker,
+    BrokerBusy,
     BrokerUnavailable,
     ConnectionInfo,
     Node,
@@ -106,6 +117,8 @@ logger = logging.getLogger(__name__)
 KEY_PREFIX = "callwire:"
 CHANNEL = KEY_PREFIX + "events"
 WORKERS_KEY = KEY_PREFIX + "workers"
+#: Written by the readiness check after Redis refused a write (maxmemory).
+READY_PROBE_KEY = KEY_PREFIX + "ready-probe"
 
 #: A dead Redis must never hold a request for long.
 CONNECT_TIMEOUT_SECONDS = 1.0
@@ -125,6 +138,8 @@ BACKOFF_MAX_SECONDS = 2.0
 #: Recovery replays events newer than the last sign of life minus this margin
 #: (covers clock skew between this machine and Redis; connections dedupe by id).
 RECOVERY_MARGIN_SECONDS = 30.0
+#: "All connections busy" is logged at most this often.
+BUSY_LOG_SECONDS = 5.0
 
 #: Drafts per publish script call: a batch of 500 is 5 round trips, and Redis is
 #: busy with one call for a few milliseconds at most.
@@ -141,6 +156,29 @@ _UNAVAILABLE = (
 )
 
 _PING_TOKEN = "callwire-listener"
+
+
+class PoolExhausted(redis.ConnectionError):
+    """Every pooled connection stayed busy for the whole wait: Redis is slow or we are busy."""
+
+
+class _WaitingPool(redis.BlockingConnectionPool):
+    """A bounded pool that waits for a free connection and says so when the wait runs out.
+
+    redis-py's ``BlockingConnectionPool`` raises a plain ``ConnectionError``
+    ("No connection available.") after its timeout, indistinguishable from
+    Redis refusing the connection; this raises :class:`PoolExhausted`.
+    """
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().get_connection(*args, **kwargs)
+        except redis.ConnectionError as error:
+            if str(error) != "No connection available.":
+                raise
+            raise PoolExhausted(
+                f"all {self.max_connections} Redis connections stayed busy for {self.timeout:g}s"
+            ) from None
 
 
 def history_key(user_id: str) -> str:
@@ -260,21 +298,29 @@ class RedisBroker(Broker):
         history_size: int = 200,
         history_ttl_seconds: float = 86400,
         idempotency_ttl_seconds: float = 3600,
+        max_connections: int = 50,
+        pool_wait_seconds: float = 5.0,
+        command_timeout_seconds: float = COMMAND_TIMEOUT_SECONDS,
     ) -> None:
         self._history_size = int(history_size)
+        self._command_timeout = float(command_timeout_seconds)
         self._history_ttl = max(1, int(history_ttl_seconds))
         self._idempotency_ttl = max(1, int(idempotency_ttl_seconds))
         # from_url handles redis://, rediss:// (TLS) and unix://; URL query
         # arguments such as ?ssl_cert_reqs=none (Heroku's self-signed
         # certificates) reach the connection class. No automatic retries: a
         # publish that timed out may have run, and must not run twice.
-        self._redis = redis.Redis.from_url(
+        pool = _WaitingPool.from_url(
             url,
-            socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
-            socket_timeout=COMMAND_TIMEOUT_SECONDS,
+            max_connections=int(max_connections),
+            timeout=float(pool_wait_seconds),
+            socket_connect_timeout=min(CONNECT_TIMEOUT_SECONDS, self._command_timeout),
+            socket_timeout=self._command_timeout,
             retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
         )
+        self._redis = redis.Redis(connection_pool=pool)
+        self._redis.auto_close_connection_pool = True
         # EVALSHA, loading the script again after a Redis restart (NOSCRIPT).
         self._publish_script = self._redis.register_script(redis_scripts.PUBLISH)
         self._transient_script = self._redis.register_script(redis_scripts.TRANSIENT)
@@ -290,6 +336,9 @@ class RedisBroker(Broker):
         self._threads: list[threading.Thread] = []
         self._listening = False
         self._reachable = True
+        self._busy_logged_at = -BUSY_LOG_SECONDS
+        #: Redis answered but refused a write (maxmemory reached, read-only replica).
+        self._writes_refused = False
         #: Wall-clock time of the listener's last sign of life (recovery floor).
         self._alive_at = time.time()
 
@@ -317,7 +366,7 @@ class RedisBroker(Broker):
         self._stopping.set()
         self._presence_wake.set()
         for thread in self._threads:
-            thread.join(timeout=2 * LISTENER_POLL_SECONDS + COMMAND_TIMEOUT_SECONDS)
+            thread.join(timeout=2 * LISTENER_POLL_SECONDS + self._command_timeout)
         self._threads = []
         if self._node is not None:
             try:
@@ -373,6 +422,7 @@ class RedisBroker(Broker):
             try:
                 with self._available("publish"):
                     replies = self._publish_script(keys=[WORKERS_KEY], args=args)
+                self._writes_refused = False
             except BrokerUnavailable as outage:
                 if not outcomes:
                     raise
@@ -461,7 +511,14 @@ class RedisBroker(Broker):
         if self._node is not None and not self._listening:
             return False
         try:
+            if self._writes_refused:
+                # PING answers on a full Redis too: only a write tells the truth.
+                self._redis.set(READY_PROBE_KEY, "1", ex=PRESENCE_TTL_SECONDS)
+                self._writes_refused = False
             return bool(self._redis.ping())
+        except PoolExhausted:
+            # Busy, not down: every connection is serving a command right now.
+            return self._reachable
         except (RedisError, OSError):
             return False
 
@@ -545,7 +602,7 @@ class RedisBroker(Broker):
     def _subscribe(self, pubsub: redis.client.PubSub) -> None:
         """Subscribe and wait for Redis to confirm, so recovery cannot leave a gap."""
         pubsub.subscribe(CHANNEL)
-        deadline = time.monotonic() + COMMAND_TIMEOUT_SECONDS
+        deadline = time.monotonic() + self._command_timeout
         while time.monotonic() < deadline:
             message = pubsub.get_message(timeout=LISTENER_POLL_SECONDS)
             if message is not None and message["type"] == "subscribe":
@@ -619,7 +676,15 @@ class RedisBroker(Broker):
         """Turn "Redis cannot be reached" into BrokerUnavailable; log changes of state once."""
         try:
             yield
+        except PoolExhausted as error:
+            now = time.monotonic()
+            if now - self._busy_logged_at > BUSY_LOG_SECONDS:
+                self._busy_logged_at = now
+                logger.warning("redis busy during %s: %s", operation, error)
+            raise BrokerBusy(f"Redis busy: {error}") from error
         except _UNAVAILABLE as error:
+            if isinstance(error, (OutOfMemoryError, ReadOnlyError)):
+                self._writes_refused = True
             if self._reachable:
                 self._reachable = False
                 logger.warning("redis unavailable during %s: %s", operation,

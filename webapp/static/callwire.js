@@ -34,6 +34,11 @@
     1009: { meaning: 'frame too large', advice: 'fix the client', action: 'stop' },
     1011: { meaning: 'internal error', advice: 'retry with backoff', action: 'backoff' },
     1012: { meaning: 'server restarting', advice: 'reconnect now, resume', action: 'restart' },
+    1013: {
+      meaning: 'try again later: service busy or Redis unreachable',
+      advice: 'retry with backoff, resume',
+      action: 'backoff'
+    },
     4001: { meaning: 'token expired', advice: 'get a fresh token, reconnect', action: 'fresh-token' },
     4008: {
       meaning: 'too slow to keep up',
