@@ -25,7 +25,13 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@ $(BIN)/.installed-run
 
-install: $(BIN)/.installed
+# The official socket.io-client, pinned by package-lock.json: served to browsers
+# by the app (/static/vendor/socket.io.min.js) and driven from Node by the tests.
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+install: $(BIN)/.installed node_modules/.installed
 
 run: $(BIN)/.installed-run
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(DEV_ENV) sh -c "exec $$(sed -n 's/^web: //p' Procfile)"
@@ -40,4 +46,4 @@ bench: install
 	$(BIN)/python -m bench.run --connections 10000
 
 clean:
-	rm -rf $(VENV) test-artifacts .pytest_cache
+	rm -rf $(VENV) node_modules test-artifacts .pytest_cache

@@ -6,7 +6,7 @@ client served at ``/static/callwire.js`` (docs/browser-client.md).
 
 from __future__ import annotations
 
-from flask import Blueprint, render_template
+from flask import Blueprint, render_template, request
 
 from webapp.config import MAKE_RUN_DEFAULTS
 from webapp.realtime import realtime
@@ -29,11 +29,17 @@ CLOSE_CODES: tuple[tuple[int, str, str], ...] = (
 
 @bp.get("/")
 def index() -> str:
-    """Serve the demo page; development mode adds token minting and a sample call."""
+    """Serve the demo page; development mode adds token minting and a sample call.
+
+    ``?transport=socket.io`` makes the page connect over Socket.IO
+    (callwire-socketio.js and the socket.io-client bundle) instead of the raw
+    WebSocket.
+    """
     settings = realtime().settings
+    transport = "socket.io" if request.args.get("transport") == "socket.io" else "websocket"
     return render_template(
         "index.html", development=settings.development, close_codes=CLOSE_CODES,
-        publish_key=_public_publish_key(settings.events_api_key),
+        publish_key=_public_publish_key(settings.events_api_key), transport=transport,
     )
 
 

@@ -11,6 +11,7 @@ import pytest
 from tests.support import server as live_servers
 from tests.support.redis_server import RedisServer
 from tests.support.server import LiveServer, start_server
+from tests.support.socketio_fixtures import node_clients, py_clients  # noqa: F401 - fixtures
 from tests.support.wsclient import Client
 
 

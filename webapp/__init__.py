@@ -19,6 +19,7 @@ from webapp.config import MAKE_RUN_DEFAULTS, load_settings
 from webapp.connection import InlineReader
 from webapp.errors import CallwireApi, handle_unexpected
 from webapp.realtime import Realtime
+from webapp.transports.socketio import SocketIOLayer
 from webapp.validation import StrictJSONProvider
 
 __all__ = ["create_app"]
@@ -95,9 +96,16 @@ def create_app(overrides: Mapping[str, str] | None = None) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(docs_assets.bp)
     app.register_blueprint(pages.bp)
+    from blueprints import vendor  # the socket.io-client bundle (docs/protocol.md §9)
+
+    app.register_blueprint(vendor.bp)
     app.register_blueprint(ws.bp)
     ws.sock.init_app(app)
     app.register_error_handler(Exception, handle_unexpected)
+    # Socket.IO (docs/protocol.md §9) around the app: /socket.io/ to it, the rest to Flask.
+    layer = SocketIOLayer(app.extensions["callwire"])
+    app.extensions["callwire.socketio"] = layer
+    app.wsgi_app = layer.wsgi_app(app.wsgi_app)
 
     app.wsgi_app = logs.RequestContext(app.wsgi_app)  # type: ignore[method-assign]
 

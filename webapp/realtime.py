@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from flask import current_app
@@ -50,6 +51,9 @@ class Realtime:
         #: Every open connection, initialised or not (the hub holds initialised ones).
         self._open: set[Connection] = set()
         self.shutting_down = False
+        #: Called at shutdown after every connection was asked to close (transports
+        #: close what never became a connection, e.g. bare Engine.IO sessions).
+        self.shutdown_hooks: list[Callable[[], Any]] = []
         self._started_pid: int | None = None
         self._start_lock = threading.Lock()
 
@@ -70,6 +74,11 @@ class Realtime:
         connections = list(self._open)
         for connection in connections:
             connection.request_close(CLOSE_RESTART, "Server restarting")
+        for hook in self.shutdown_hooks:
+            try:
+                hook()
+            except Exception:
+                logger.exception("shutdown hook %r failed", hook)
         logger.info("shutdown: closing %d connections with 1012", len(connections))
         cut_reads()
         return len(connections)

@@ -39,7 +39,9 @@
     stop();
     clearCalls();
     demo.getToken = getToken;
-    var client = new Callwire.WebSocketManager('/', null, { getToken: getToken });
+    var Manager = body.dataset.transport === 'socket.io'
+      ? Callwire.SocketIOManager : Callwire.WebSocketManager;
+    var client = new Manager('/', null, { getToken: getToken });
     demo.client = client;
     client.on('state', renderState);
     client.on('connected', onConnected);
