@@ -33,7 +33,7 @@ node_modules/.installed: package.json package-lock.json
 
 install: $(BIN)/.installed node_modules/.installed
 
-run: $(BIN)/.installed-run
+run: $(BIN)/.installed-run node_modules/.installed
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(DEV_ENV) sh -c "exec $$(sed -n 's/^web: //p' Procfile)"
 
 test: install

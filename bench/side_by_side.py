@@ -53,14 +53,14 @@ from bench.harness import (
 from bench.rawws import RawClient, SocketIOClient
 from bench.throughput import Tally, event_stream, publish_loop
 from tests.support.net import free_port, wait_for_port
-from tests.support.server import ARTIFACTS, ROOT, LiveServer
+from tests.support.server import ARTIFACTS, BASE_ENV, ROOT, LiveServer
 
 logger = logging.getLogger("bench.side_by_side")
 
 HOST = "127.0.0.1"
 API_KEY = "test-events-key"
 PEERS = {"bare": "bench.peers.bare:app", "socketio": "bench.peers.socketio_app:app"}
-SERVERS = ("bare", "socketio", "callwire")
+SERVERS = ("bare", "socketio", "before", "callwire")
 
 
 def start_peer(name: str) -> LiveServer:
@@ -91,6 +91,37 @@ def start_peer(name: str) -> LiveServer:
             except requests.RequestException:
                 time.sleep(0.05)
         raise RuntimeError(f"peer {name} did not start:\n{server.log()}")
+    except Exception:
+        server.stop()
+        raise
+
+
+def start_checkout(root: Path) -> LiveServer:
+    """Start Callwire from another checkout (``--before``): its Procfile, this venv."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "WEB_CONC"))}
+    env.update(BASE_ENV)
+    env.update({"PORT": str(port), "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "INFO"),
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"})
+    procfile = (root / "Procfile").read_text()
+    command = procfile.split("web:", 1)[1].strip().replace("0.0.0.0:", "127.0.0.1:")
+    ARTIFACTS.mkdir(exist_ok=True)
+    log_path = ARTIFACTS / f"bench-before-{port}-{int(time.time() * 1000)}.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(["sh", "-c", f"exec {command}"], cwd=root, env=env,
+                                   stdout=log_file, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    server = LiveServer(port, env, process, log_path, env["EVENTS_API_KEY"])
+    try:
+        wait_for_port(port)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{server.http}/healthz", timeout=1).status_code == 200:
+                    return server
+            except requests.RequestException:
+                time.sleep(0.05)
+        raise RuntimeError(f"callwire from {root} did not start:\n{server.log()}")
     except Exception:
         server.stop()
         raise
@@ -135,7 +166,8 @@ def paced_loop(port: int, index: int, users: list[str], rate: float, stop_at: fl
     try:
         while True:
             due = started + sent / rate
-            if due >= stop_at:
+            # A server that cannot keep up is measured over the same window.
+            if due >= stop_at or time.monotonic() >= stop_at:
                 break
             gevent.sleep(max(0.0, due - time.monotonic()))
             item = next(events)
@@ -230,7 +262,12 @@ def background(pid: int, seconds: float) -> dict[str, Any]:
 
 def run_server(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """Every workload against one server; returns its figures."""
-    server = start_bench_server() if name == "callwire" else start_peer(name)
+    if name == "callwire":
+        server = start_bench_server()
+    elif name == "before":
+        server = start_checkout(Path(args.before))
+    else:
+        server = start_peer(name)
     clients: list[RawClient] = []
     result: dict[str, Any] = {"server": name}
     try:
@@ -329,8 +366,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="python -m bench.side_by_side",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--servers", default=",".join(SERVERS),
-                        help="comma list of bare, socketio, callwire (default all three)")
+    parser.add_argument("--servers", default="bare,socketio,callwire",
+                        help="comma list of bare, socketio, before, callwire "
+                             "(default bare,socketio,callwire; before needs --before)")
     parser.add_argument("--users", type=int, default=1000, help="receivers, one socket each")
     parser.add_argument("--publishers", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=100)
@@ -339,6 +377,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--idle-seconds", type=float, default=30,
                         help="background CPU window (pings come every 25 s)")
     parser.add_argument("--rate", type=float, default=500, help="events/s of the paced part")
+    parser.add_argument("--before", metavar="CHECKOUT",
+                        help="also run Callwire from this checkout (e.g. a git worktree of "
+                             "an older commit) as server 'before', for before/after figures")
     parser.add_argument("--profile", metavar="DIR",
                         help="also sample each worker with py-spy while saturated (collapsed "
                              "stacks in DIR; summarise with python -m bench.profile_top)")

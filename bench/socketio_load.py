@@ -392,6 +392,8 @@ def throughput(port: int, pid: int, seconds: float, publishers: int) -> dict[str
     arrivals = Arrivals()
     receivers, errors = open_clients(SioWebSocketClient, port, 20, "tp", 20, arrivals)
     users = [c.user_id for c in receivers]
+    if not users:
+        return {"open_errors": len(errors), "error_sample": errors[:3]}
     published = 0
     stop_at = time.monotonic() + seconds
 
@@ -418,7 +420,7 @@ def throughput(port: int, pid: int, seconds: float, publishers: int) -> dict[str
         client.close()
     return {"events_per_s": round(len(arrivals.samples) / elapsed), "published": published,
             "received": len(arrivals.samples), "latency": percentiles(arrivals.samples),
-            "open_errors": len(errors), "cpu": cpu}
+            "open_errors": len(errors), "error_sample": errors[:3], "cpu": cpu}
 
 
 def measure(name: str, server: LiveServer, args: argparse.Namespace) -> dict[str, Any]:
@@ -451,7 +453,7 @@ def measure(name: str, server: LiveServer, args: argparse.Namespace) -> dict[str
     logger.info("%s events while held: %s", name, result["events_while_held"])
     for client in held + warm:
         client.close()
-    gevent.sleep(2)
+    gevent.sleep(args.settle * 4)  # the server processes 10,000 disconnects
     result["throughput_single"] = throughput(server.port, pid, args.duration, args.publishers)
     logger.info("%s throughput: %s", name, result["throughput_single"])
     if args.polling and name == "callwire":
@@ -486,7 +488,8 @@ def main() -> None:
     parser.add_argument("--skip-peer", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    raise_fd_limit(2 * args.connections + 2 * args.polling + 500)
+    # Phases run one after the other: the idle clients are closed before the polling ones.
+    raise_fd_limit(max(args.connections, 2 * args.polling) + 500)
     quiet_generator_gc()
     results = {"uptime_before": subprocess.run(["uptime"], capture_output=True,
                                                text=True).stdout.strip(), "args": vars(args)}

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 
 import pytest
 import requests
+import socketio
 
 from tests.support.redis_server import RedisServer
 from tests.support.server import ROOT, LiveServer, start_server
@@ -135,6 +136,36 @@ def test_json_logs_parse_line_by_line_and_carry_the_request_context(ops) -> None
     # A line without a request has no request_id key at all (not null).
     assert any("request_id" not in line for line in lines)
     assert_clean(live.log(), [*OPS_KEYS.values(), *tokens])
+
+
+def test_socket_io_lines_carry_the_connection_context(ops) -> None:
+    """Socket.IO over WebSocket: one request, so its request id too; long-polling: no id."""
+    live, _ = ops
+    rid = f"rid-{uuid.uuid4().hex}"
+    email = f"sio-{uuid.uuid4().hex[:8]}@example.com"
+    for transports, headers in ((["websocket"], {"X-Request-ID": rid}), (["polling"], {})):
+        client = socketio.Client()
+        arrived: list[dict] = []
+        client.on("connected", arrived.append)
+        client.connect(live.http, headers=headers, auth={"token": emulator_token(email)},
+                       transports=transports, wait_timeout=10)
+        deadline = time.monotonic() + 5
+        while not arrived:
+            assert time.monotonic() < deadline, "no connected event"
+            time.sleep(0.02)
+        client.disconnect()
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [line for line in json_lines(live) if line.get("user") == email]
+        ended = [line for line in lines if " ended " in line["message"]]
+        if len(ended) == 2:
+            break
+        assert time.monotonic() < deadline, f"not two 'ended' lines for {email}: {lines}"
+        time.sleep(0.05)
+    assert all(line["transport"] == "socket.io" and line["connection_id"] for line in lines)
+    initialised = [line for line in lines if " initialised " in line["message"]]
+    assert len(initialised) == 2
+    assert initialised[0]["request_id"] == rid
 
 
 def test_text_logs_keep_secrets_out_and_name_the_request(server_factory) -> None:

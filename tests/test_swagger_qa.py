@@ -152,8 +152,9 @@ def test_a_tester_publishes_from_swagger_ui_and_the_socket_receives_it(dev_serve
             page.set_default_timeout(10_000)
             errors: list[str] = []
             page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(f"{dev_server.http}/docs")
-            page.locator(".opblock").first.wait_for()
+            # Swagger UI's bundle is 1.5 MB of JavaScript: allow a loaded machine.
+            page.goto(f"{dev_server.http}/docs", timeout=30_000)
+            page.locator(".opblock").first.wait_for(timeout=30_000)
 
             status, minted = execute(page, "operations-development-post_dev_token")
             assert status == 200 and minted["userId"] == EXAMPLE_USER

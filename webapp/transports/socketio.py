@@ -360,12 +360,16 @@ class CallwireEngineSocket(engineio.socket.Socket):
                 if pkt is None:
                     return False
                 ws.send(pkt.encode())
-            except Exception as failure:  # noqa: BLE001 - any write failure ends the transport
-                # Mostly a peer that stopped reading (WS_WRITE_TIMEOUT): the client
-                # sees the transport close, reconnects and resumes.
+            except TimeoutError as failure:
+                # A peer that stopped reading (WS_WRITE_TIMEOUT): the client sees the
+                # transport close, reconnects and resumes.
                 metrics.SLOW_CLIENTS_DROPPED.labels("write_failed").inc()
-                logger.warning("engine.io %s too slow: write failed (%s), closing the transport",
-                               self.sid, failure or type(failure).__name__)
+                logger.warning("engine.io %s too slow: %s, closing the transport",
+                               self.sid, failure)
+                return False
+            except Exception as failure:  # noqa: BLE001 - any write failure ends the transport
+                logger.info("engine.io %s: write failed (%s): peer gone",
+                            self.sid, failure or type(failure).__name__)
                 return False
             finally:
                 queue.task_done()
@@ -496,6 +500,33 @@ class SocketIOConnection(Connection):
         gevent.spawn(self.layer.end_requested, self)
 
 
+class CallwireManager(socketio.Manager):
+    """python-socketio's client manager without its disconnect that walks every room.
+
+    The library's ``basic_disconnect`` copies the namespace's room map and
+    tests each room for the client: with one room per client that is O(n)
+    per disconnect, and 10,000 clients leaving took minutes of a worker's
+    CPU (bench/README.md). Callwire clients are only ever in their own room
+    and the namespace's ``None`` room, so only those two are left.
+    """
+
+    def basic_disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
+        rooms = self.rooms.get(namespace)
+        if rooms is None:
+            return
+        for room in (sid, None):
+            members = rooms.get(room)
+            if members is not None and sid in members:
+                self.basic_leave_room(sid, namespace, room)
+        self.callbacks.pop(sid, None)
+        for pending in (self.pending_connect, self.pending_disconnect):
+            waiting = pending.get(namespace)
+            if waiting is not None and sid in waiting:
+                waiting.remove(sid)
+                if not waiting:
+                    del pending[namespace]
+
+
 class SocketIOLayer(socketio.Server):
     """The Socket.IO server bound to a :class:`Realtime` node: handlers, ends and guards."""
 
@@ -506,6 +537,7 @@ class SocketIOLayer(socketio.Server):
             # The libraries log every packet at INFO; keep their warnings and errors.
             library_logger.setLevel(logging.WARNING)
         super().__init__(
+            client_manager=CallwireManager(),
             async_mode="gevent",
             # Handlers run in the greenlet that read the packet, in order: an
             # auth sent right after init is judged after it.
@@ -781,4 +813,5 @@ class SocketIOLayer(socketio.Server):
             connection.deadline_timer = None
         connection.mark_ready()
         self.node.detach(connection)
-        logger.info("connection %s ended user=%s (%s)", connection.id, connection.user_id, reason)
+        logger.info("connection %s ended user=%s (%s)", connection.id, connection.user_id, reason,
+                    extra=connection.log_context())
