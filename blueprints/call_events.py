@@ -14,6 +14,7 @@ from blueprints.schemas import (
     EventSchema,
     FieldLoader,
     PublishAnswerSchema,
+    PublishFailureSchema,
 )
 from webapp.bodies import read_body
 from webapp.brokers.base import BatchInterrupted, BrokerUnavailable, Outcome
@@ -41,12 +42,20 @@ def draft_from(item: Any) -> EventDraft:
     if user_id == "":
         raise ma.ValidationError({"userId": ["must be an email, not blank"]})
     timestamp = body["timestamp"]
+    if timestamp is not None:
+        try:
+            timestamp = format_utc(timestamp)
+        except OverflowError:
+            # 0001-01-01T00:04:00+02:00 is still year 0 in UTC: not a datetime.
+            raise ma.ValidationError(
+                {"timestamp": ["must fall between the years 1 and 9999 in UTC"]}
+            ) from None
     return EventDraft(
         call_id=body["callId"],
         status=body["status"],
         user_id=user_id,
         data=body["data"],
-        timestamp=format_utc(timestamp) if timestamp is not None else None,
+        timestamp=timestamp,
         idempotency_key=body["idempotencyKey"],
     )
 
@@ -112,7 +121,18 @@ class Events(MethodView):
                     "schema": {
                         "oneOf": [
                             EventSchema,
-                            {"type": "array", "maxItems": MAX_BATCH, "items": EventSchema},
+                            {
+                                "type": "array",
+                                "minItems": 1,
+                                "maxItems": MAX_BATCH,
+                                # Not the Event schema: each item is judged on its own,
+                                # and an invalid one gets its own 400 in the results.
+                                "items": {
+                                    "description": "An Event object; an item that is not "
+                                    "one is answered with its own 400 result, the others "
+                                    "are published"
+                                },
+                            },
                         ]
                     },
                     "examples": PUBLISH_EXAMPLES,
@@ -125,8 +145,14 @@ class Events(MethodView):
     @blp.alt_response(401, description="Missing or wrong X-API-Key")
     @blp.alt_response(408, description="Body not received within HTTP_BODY_TIMEOUT")
     @blp.alt_response(413, description="Body over 8 MiB")
-    @blp.alt_response(409, description="The call belongs to another user")
-    @blp.alt_response(503, description="Broker unavailable; retry")
+    @blp.alt_response(
+        409, description="The call belongs to another user, or the event has no userId "
+        "and the call's owner is not known yet",
+    )
+    @blp.alt_response(
+        503, schema=PublishFailureSchema,
+        description="Broker unavailable; retry (a batch lists the results before the failure)",
+    )
     def post(self) -> Any:
         """Publish one call status change, or a batch of up to 500 in order."""
         require_api_key()

@@ -2,13 +2,43 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC
 from typing import Any
 
 import marshmallow as ma
+from flask import Request
 from marshmallow import validate
+from webargs.flaskparser import FlaskParser
 
 from webapp.events import STATUSES
+from webapp.validation import (
+    CALL_ID_PATTERN,
+    CALL_ID_RULE,
+    MAX_CALL_ID_LENGTH,
+    MAX_DATA_BYTES,
+    MAX_DEPTH,
+    MAX_IDEMPOTENCY_KEY_LENGTH,
+    MAX_USER_ID_LENGTH,
+)
+
+
+class JsonBodyParser(FlaskParser):
+    """webargs' parser, with every unreadable JSON body a 400 "Invalid JSON body".
+
+    webargs turns only syntax errors into a 400; an integer of 5,000 digits
+    (Python refuses to read more than 4,300) or a body nested thousands deep
+    raised past it as a 500.
+    """
+
+    def _raw_load_json(self, req: Request) -> Any:
+        try:
+            return super()._raw_load_json(req)
+        except json.JSONDecodeError:
+            raise
+        except (ValueError, RecursionError) as error:
+            # A non-empty document: webargs reads an empty one as "no body".
+            raise json.JSONDecodeError(f"Invalid JSON: {error}", "<body>", 0) from None
 
 
 class EventSchema(ma.Schema):
@@ -18,11 +48,18 @@ class EventSchema(ma.Schema):
         unknown = ma.EXCLUDE
 
     callId = ma.fields.String(
-        required=True, validate=validate.Length(min=1, max=256),
-        metadata={"description": "The provider's or your own call id"},
+        required=True,
+        validate=[
+            validate.Length(min=1, max=MAX_CALL_ID_LENGTH),
+            validate.Regexp(CALL_ID_PATTERN, error=f"must be {CALL_ID_RULE}"),
+        ],
+        metadata={
+            "description": "The provider's or your own call id; one segment of "
+            f"/api/v6/call/<callId>/status, so it must be {CALL_ID_RULE}"
+        },
     )
     userId = ma.fields.String(
-        load_default=None, validate=validate.Length(min=1, max=320),
+        load_default=None, validate=validate.Length(min=1, max=MAX_USER_ID_LENGTH),
         metadata={
             "description": "Email of the call's owner; may be omitted once the owner is known"
         },
@@ -33,11 +70,18 @@ class EventSchema(ma.Schema):
     )
     data = ma.fields.Dict(
         load_default=dict,
-        metadata={"description": "Free-form details delivered as the event's data"},
+        metadata={
+            "description": "Free-form details delivered as the event's data: at most "
+            f"{MAX_DATA_BYTES} bytes as JSON, nested at most {MAX_DEPTH} levels, finite "
+            "numbers, valid Unicode text"
+        },
     )
     idempotencyKey = ma.fields.String(
-        load_default=None, validate=validate.Length(min=1, max=256),
-        metadata={"description": "Makes a retried publish a no-op for at least 5 minutes"},
+        load_default=None, validate=validate.Length(min=1, max=MAX_IDEMPOTENCY_KEY_LENGTH),
+        metadata={
+            "description": "Makes a retried publish a no-op for at least 5 minutes; "
+            "scoped to the event's owner"
+        },
     )
     timestamp = ma.fields.AwareDateTime(
         load_default=None, default_timezone=UTC,
@@ -89,6 +133,15 @@ class PublishAnswerSchema(ma.Schema):
     data = ma.fields.Raw(metadata={"description": "A result, or a list of results for a batch"})
 
 
+class PublishFailureSchema(ma.Schema):
+    success = ma.fields.Boolean(required=True, metadata={"description": "Always false"})
+    message = ma.fields.String(required=True, metadata={"description": "What went wrong"})
+    data = ma.fields.List(
+        ma.fields.Raw(),
+        metadata={"description": "Batch only: the results of the items before the failure"},
+    )
+
+
 class CallStatusSchema(ma.Schema):
     callId = ma.fields.String(metadata={"description": "The call"})
     status = ma.fields.String(metadata={"description": "Its latest status"})
@@ -108,7 +161,7 @@ class TestMessageSchema(ma.Schema):
         unknown = ma.EXCLUDE
 
     targetUserId = ma.fields.String(required=True, validate=validate.Length(min=1, max=320))
-    message = ma.fields.Raw(load_default="Test message from Callwire")
+    message = ma.fields.Raw(load_default="Test message from Callwire", allow_none=True)
     event = ma.fields.String(load_default="test.event", validate=validate.Length(min=1, max=128))
 
 
@@ -118,7 +171,3 @@ class SuccessSchema(ma.Schema):
     data = ma.fields.Raw()
     delivered = ma.fields.Integer()
 
-
-class ErrorSchema(ma.Schema):
-    success = ma.fields.Boolean(metadata={"description": "Always false"})
-    message = ma.fields.String(metadata={"description": "What went wrong"})

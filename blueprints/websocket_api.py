@@ -8,7 +8,7 @@ from flask import g, request
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
-from blueprints.schemas import SuccessSchema, TestMessageSchema
+from blueprints.schemas import JsonBodyParser, SuccessSchema, TestMessageSchema
 from webapp.auth import Identity
 from webapp.bodies import read_body
 from webapp.brokers.base import BrokerUnavailable
@@ -16,11 +16,13 @@ from webapp.config import normalise_email
 from webapp.events import utc_timestamp
 from webapp.guards import current_identity, is_admin
 from webapp.realtime import realtime
+from webapp.validation import InvalidEvent
 
 blp = Blueprint(
     "websocket", __name__, url_prefix="/api/v6/call/websocket",
     description="Test messages and connected clients (seed endpoints)",
 )
+blp.ARGUMENTS_PARSER = JsonBodyParser()
 
 
 #: Largest test message request body (docs/protocol.md §10; README): 64 KiB.
@@ -67,6 +69,8 @@ class TestMessage(MethodView):
             delivered = realtime().publish_transient(target, message)
         except BrokerUnavailable:
             abort(503, message="Broker unavailable: test message not sent, retry shortly")
+        except InvalidEvent as refusal:
+            abort(400, message=str(refusal))
         return {
             "success": True,
             "message": "WebSocket message sent successfully",

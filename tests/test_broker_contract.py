@@ -370,6 +370,23 @@ def test_another_owner_is_refused_and_nothing_is_stored_or_delivered(broker, nod
     assert (state.owner, state.status, state.event["id"]) == (ALICE, "ringing", first.id)
 
 
+def test_idempotency_keys_are_scoped_by_owner_so_two_users_never_collide(broker, node):
+    """Issue 11 #6: B reusing A's key got A's answer and B's event was lost."""
+    first = publish(broker, "call-key-alice", "ringing", ALICE, idempotency_key="shared")
+    second = publish(broker, "call-key-bob", "ringing", BOB, idempotency_key="shared")
+    assert second.id is not None and second.id != first.id and second.dropped is None
+    # Without userId, the key is scoped by the call's known owner.
+    retry = publish(broker, "call-key-bob", "ringing", None, idempotency_key="shared")
+    assert (retry.id, retry.delivered) == (second.id, 0)
+    node.settle(broker, BOB)
+    assert ids(node.events(BOB)) == [second.id]
+    assert broker.call_state("call-key-bob").owner == BOB
+    # Owner and key are kept apart however they are spelled (no concatenation collision).
+    odd = publish(broker, "call-key-odd-1", "ringing", "a", idempotency_key="b:idem:c")
+    other = publish(broker, "call-key-odd-2", "ringing", "a:idem:b", idempotency_key="c")
+    assert odd.id is not None and other.id is not None and other.dropped is None
+
+
 def test_a_refused_publish_does_not_consume_its_idempotency_key(broker, node):
     publish(broker, "call-conflict-key", "ringing", ALICE)
     with pytest.raises(OwnershipConflict):
@@ -381,7 +398,7 @@ def test_a_refused_publish_does_not_consume_its_idempotency_key(broker, node):
 def test_unknown_call_without_user_id_is_refused(broker, node):
     with pytest.raises(UnknownOwner) as refused:
         publish(broker, "call-orphan", "ringing", None)
-    assert refused.value.status == 400
+    assert refused.value.status == 409  # the body was valid; the call's state refuses it
     assert broker.call_state("call-orphan") is None
     node.settle(broker, ALICE)
     assert node.events(ALICE) == []
@@ -718,7 +735,7 @@ def test_a_batch_answers_each_draft_as_if_published_alone(broker, node):
         "accepted", "duplicate", "OwnershipConflict", "UnknownOwner", "accepted", "cached",
         "stale", "accepted", "accepted",
     ]
-    assert outcomes[2].status == 409 and outcomes[3].status == 400
+    assert outcomes[2].status == 409 and outcomes[3].status == 409
     assert (outcomes[5].id, outcomes[5].delivered) == (outcomes[4].id, 0)
     accepted_alice = [outcomes[i].id for i in (0, 4, 8)]
     assert accepted_alice == sorted(accepted_alice) and all(o.delivered == 1 for o in

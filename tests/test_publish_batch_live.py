@@ -28,7 +28,7 @@ def test_redis_going_away_mid_batch_answers_503_with_the_items_accepted(
         assert server.publish({"callId": "warm-up", "userId": USER, "status": "ringing"}).ok
         batch = [{"callId": f"cut-{n}", "userId": USER, "status": "ringing",
                   "idempotencyKey": f"cut-{n}"} for n in range(BATCH_CHUNK + 20)]
-        batch[3] = {"callId": "cut-3", "status": "ringing"}  # unknown owner: its own 400
+        batch[3] = {"callId": "cut-3", "status": "ringing"}  # unknown owner: its own 409
 
         proxy.cut_after(b"accept")
         answer = server.publish(batch)
@@ -39,7 +39,7 @@ def test_redis_going_away_mid_batch_answers_503_with_the_items_accepted(
                                    "items before it were accepted, retry the rest")
         results = body["data"]
         assert len(results) == BATCH_CHUNK
-        assert results[3]["code"] == 400 and "owner of call cut-3" in results[3]["message"]
+        assert results[3]["code"] == 409 and "owner of call cut-3" in results[3]["message"]
         accepted = [r for n, r in enumerate(results) if n != 3]
         assert all(r["code"] == 200 and r["id"] for r in accepted)
 

@@ -20,6 +20,7 @@ from webapp.connection import InlineReader
 from webapp.errors import CallwireApi, handle_unexpected
 from webapp.realtime import Realtime
 from webapp.transports.socketio import SocketIOLayer
+from webapp.validation import StrictJSONProvider
 
 __all__ = ["create_app"]
 
@@ -59,7 +60,7 @@ def create_app(overrides: Mapping[str, str] | None = None) -> Flask:
         },
         MAX_CONTENT_LENGTH=8 * 1024 * 1024,
     )
-    app.json.sort_keys = False
+    app.json = StrictJSONProvider(app)
     app.wsgi_app = CloseConnectionAfter(app.wsgi_app)  # type: ignore[method-assign]
     app.extensions["callwire"] = Realtime(
         settings,

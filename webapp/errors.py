@@ -5,11 +5,20 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import marshmallow as ma
+from apispec import BasePlugin
 from flask import Response, jsonify
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
 logger = logging.getLogger(__name__)
+
+
+class ErrorSchema(ma.Schema):
+    """Every error answer (the OpenAPI document's default error response)."""
+
+    success = ma.fields.Boolean(required=True, metadata={"description": "Always false"})
+    message = ma.fields.String(required=True, metadata={"description": "What went wrong"})
 
 
 def error_response(status: int, message: str, **extra: Any) -> Response:
@@ -39,8 +48,34 @@ def _describe_validation(messages: Any) -> str:
     return "Invalid request: " + "; ".join(parts) if parts else "Invalid request"
 
 
+def _protocol_headers(error: HTTPException) -> list[tuple[str, str]]:
+    """Return the headers an HTTP error must carry (``Allow`` on a 405), without its body's."""
+    return [(name, value) for name, value in error.get_headers()
+            if name.lower() != "content-type"]
+
+
+class _ErrorBodies(BasePlugin):
+    """Document the error shape on every 4xx/5xx response that a view names without a body."""
+
+    def operation_helper(self, path: str | None = None, operations: dict | None = None,
+                         **kwargs: Any) -> None:
+        for operation in (operations or {}).values():
+            for code, response in (operation.get("responses") or {}).items():
+                if (str(code)[:1] in "45" and isinstance(response, dict)
+                        and "$ref" not in response and not response.get("content")):
+                    response["content"] = {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
+                    }
+
+
 class CallwireApi(Api):
-    """flask-smorest Api whose errors use Callwire's JSON shape."""
+    """flask-smorest Api whose errors use Callwire's JSON shape, in its answers and its document."""
+
+    ERROR_SCHEMA = ErrorSchema
+
+    def _init_spec(self, **kwargs: Any) -> None:
+        kwargs["extra_plugins"] = [*(kwargs.get("extra_plugins") or ()), _ErrorBodies()]
+        super()._init_spec(**kwargs)
 
     def handle_http_exception(self, error: HTTPException) -> Response:  # type: ignore[override]
         data = getattr(error, "data", None) or {}
@@ -56,6 +91,8 @@ class CallwireApi(Api):
         else:
             message = error.description or error.name
         response = error_response(status, message)
+        for name, value in _protocol_headers(error):
+            response.headers[name] = value
         for name, value in (data.get("headers") or {}).items():
             response.headers[name] = value
         if status == 401:
@@ -66,7 +103,10 @@ class CallwireApi(Api):
 def handle_unexpected(error: Exception) -> Response:
     """Answer any uncaught exception with a JSON 500 and log it."""
     if isinstance(error, HTTPException):
-        return error_response(error.code or 500, error.description or error.name)
+        response = error_response(error.code or 500, error.description or error.name)
+        for name, value in _protocol_headers(error):
+            response.headers[name] = value
+        return response
     if isinstance(error, RecursionError):
         # json.loads (Flask's and webargs') on a body nested thousands deep: the
         # client's fault, and a cheap way to make a server log 500s.

@@ -81,9 +81,13 @@ class OwnershipConflict(PublishError):
 
 
 class UnknownOwner(PublishError):
-    """The event names no owner and the call's owner is not known yet."""
+    """The event names no owner and the call's owner is not known yet.
 
-    status = 400
+    409, not 400: the request is well formed (``userId`` is optional), it is
+    the state of the call that refuses it, as with another user's call.
+    """
+
+    status = 409
 
 
 def judge(previous: CallState | None, draft: EventDraft) -> Verdict:

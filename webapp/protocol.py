@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from webapp.validation import check_json, dumps
+
 INVALID_FORMAT = "Invalid message format"
 CONNECTED_MESSAGE = "Successfully connected to WebSocket server"
 
@@ -32,13 +34,17 @@ def parse_client_frame(frame: str | bytes) -> ClientMessage:
     """Parse a text frame into a :class:`ClientMessage` or raise :class:`ProtocolError`.
 
     Binary frames, text that is not JSON, JSON that is not an object and objects
-    without a string ``type`` are all the seed's "Invalid message format".
+    without a string ``type`` are all the seed's "Invalid message format". So
+    is JSON that Callwire would not accept anywhere: nested too deeply (even
+    thousands deep), text with lone surrogates, non-finite numbers, integers
+    of more than 4,300 digits (see :mod:`webapp.validation`).
     """
     if not isinstance(frame, str):
         raise ProtocolError(INVALID_FORMAT)
     try:
         data = json.loads(frame)
-    except ValueError:
+        check_json(data)
+    except (ValueError, RecursionError):  # InvalidInput and JSONDecodeError are ValueErrors
         raise ProtocolError(INVALID_FORMAT) from None
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
         raise ProtocolError(INVALID_FORMAT)
@@ -84,5 +90,5 @@ def authenticated(user_id: str, expires_at: str) -> dict[str, Any]:
 
 
 def encode(message: dict[str, Any]) -> str:
-    """Serialise a server message compactly."""
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    """Serialise a server message compactly as strict JSON (see :func:`webapp.validation.dumps`)."""
+    return dumps(message)

@@ -33,6 +33,7 @@ from webapp.connection import CLOSE_RESTART, Connection
 from webapp.events import EventDraft, PublishError, PublishResult
 from webapp.hub import Hub
 from webapp.protocol import connected, encode
+from webapp.validation import InvalidEvent, check_draft, check_message
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +94,11 @@ class Realtime:
     # -- sources ------------------------------------------------------------------
 
     def publish(self, draft: EventDraft, source: str) -> PublishResult:
-        """Publish one event; raises PublishError or BrokerUnavailable."""
+        """Publish one event; raises PublishError or BrokerUnavailable.
+
+        The draft is checked in full before the broker sees it: a refused
+        event (:class:`~webapp.validation.InvalidEvent`) stores nothing.
+        """
         outcome = self.publish_batch([draft], source)[0]
         if isinstance(outcome, PublishError):
             raise outcome
@@ -102,25 +107,38 @@ class Realtime:
     def publish_batch(self, drafts: list[EventDraft], source: str) -> list[Outcome]:
         """Publish events in order; one outcome (result or refusal) per draft.
 
+        Every draft is checked first (:func:`~webapp.validation.check_draft`):
+        an invalid one is answered with its :class:`~webapp.validation.InvalidEvent`
+        and never reaches the broker, so it stores nothing.
         Raises BrokerUnavailable, or BatchInterrupted with the outcomes known
         when the broker went away part way.
         """
         self.ensure_started()
+        refusals = [_refusal(draft) for draft in drafts]
+        valid = [draft for draft, refusal in zip(drafts, refusals, strict=True) if refusal is None]
         try:
-            outcomes = self.broker.publish_batch(drafts)
-        except BatchInterrupted as interruption:
-            _count_events(source, interruption.outcomes)
-            unanswered = len(drafts) - len(interruption.outcomes)
-            metrics.EVENTS_IN.labels(source, "unavailable").inc(unanswered)
-            raise
-        except BrokerUnavailable:
-            metrics.EVENTS_IN.labels(source, "unavailable").inc(len(drafts))
-            raise
+            published = self.broker.publish_batch(valid) if valid else []
+        except BrokerUnavailable as outage:
+            # Put the refusals back in place: what is known is every outcome
+            # before the first valid draft the broker did not answer.
+            answered = outage.outcomes if isinstance(outage, BatchInterrupted) else []
+            known = _in_order(refusals, answered)
+            _count_events(source, known)
+            metrics.EVENTS_IN.labels(source, "unavailable").inc(len(drafts) - len(known))
+            if not known:
+                raise
+            raise BatchInterrupted(str(outage), known) from outage
+        outcomes = _in_order(refusals, published)
         _count_events(source, outcomes)
         return outcomes
 
     def publish_transient(self, user_id: str, message: dict[str, Any]) -> int:
-        """Send a live-only message (test messages) to every connection of a user."""
+        """Send a live-only message (test messages) to every connection of a user.
+
+        Raises :class:`~webapp.validation.InvalidEvent` for a message that
+        could not be encoded as strict JSON.
+        """
+        check_message(message)
         self.ensure_started()
         return self.broker.publish_transient(user_id, message)
 
@@ -201,6 +219,34 @@ class Realtime:
         if connection.user_id is not None:
             self.broker.presence_changed()
 
+
+
+def _refusal(draft: EventDraft) -> InvalidEvent | None:
+    """Return why ``draft`` may not be published, or None when it may."""
+    try:
+        check_draft(draft)
+    except InvalidEvent as refusal:
+        return refusal
+    return None
+
+
+def _in_order(refusals: list[InvalidEvent | None], published: list[Outcome]) -> list[Outcome]:
+    """Put the broker's outcomes back between the refusals, in the drafts' order.
+
+    Stops at the first valid draft without an outcome (a batch the broker could
+    not finish): nothing is known from there on.
+    """
+    answers = iter(published)
+    outcomes: list[Outcome] = []
+    for refusal in refusals:
+        if refusal is not None:
+            outcomes.append(refusal)
+            continue
+        answer = next(answers, None)
+        if answer is None:
+            break
+        outcomes.append(answer)
+    return outcomes
 
 
 def _count_events(source: str, outcomes: list[Outcome]) -> None:

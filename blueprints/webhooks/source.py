@@ -71,6 +71,13 @@ def text(value: Any) -> str | None:
     return value if isinstance(value, str) and value.strip() else None
 
 
+def shown(value: str | None, limit: int = 64) -> str:
+    """Quote a provider's value for an answer or a log line, cut to ``limit`` characters."""
+    if value is None:
+        return "None"
+    return repr(value[:limit]) + ("…" if len(value) > limit else "")
+
+
 def owner_email(value: Any) -> str | None:
     """Return the normalised email a payload names as owner, or None."""
     if not isinstance(value, str):
@@ -159,6 +166,7 @@ def publish(draft: EventDraft, source: str) -> dict[str, Any]:
                        "belongs to another user", source, draft.call_id, draft.user_id)
         return _ignored_answer(verdict)
     except PublishError as refusal:
-        logger.warning("%s webhook for call %s refused: %s", source, draft.call_id, refusal)
+        # InvalidEvent among others: the same rules as POST /events, checked in Realtime.
+        logger.warning("%s webhook for call %s refused: %s", source, shown(draft.call_id), refusal)
         return _ignored_answer(Ignored("refused", str(refusal)))
     return {"success": True, "data": result.as_json()}

@@ -26,6 +26,7 @@ from blueprints.webhooks.source import (
     owner_email,
     provider_time,
     publish,
+    shown,
     text,
 )
 from blueprints.webhooks.twilio_signature import expected_signature, public_url, signature_valid
@@ -93,7 +94,7 @@ def translate(params: Mapping[str, str], owner: str | None) -> EventDraft | Igno
     status = STATUS_MAP.get((provider_status or "").strip().lower())
     if status is None:
         return Ignored(
-            "unknown-status", f"Twilio CallStatus {provider_status!r} is not a call status"
+            "unknown-status", f"Twilio CallStatus {shown(provider_status)} is not a call status"
         )
     data: dict[str, Any] = {
         "type": DATA_TYPE,
@@ -139,7 +140,14 @@ EXAMPLE_SIGNATURE = expected_signature(
 
 
 class TwilioStatusCallbackSchema(ma.Schema):
-    """The form parameters Callwire reads (Twilio sends more; all are signed)."""
+    """The form parameters Callwire reads (Twilio sends more; all are signed).
+
+    All are text, as in any form; a value that is not what Twilio sends is read
+    as missing, never refused (a refusal would only make Twilio retry).
+    """
+
+    class Meta:
+        unknown = ma.EXCLUDE
 
     CallSid = ma.fields.String(
         metadata={"description": "The event's callId", "example": EXAMPLE_FORM["CallSid"]}
@@ -149,9 +157,9 @@ class TwilioStatusCallbackSchema(ma.Schema):
                   "no-answer, canceled, failed (data.providerStatus)",
                   "example": EXAMPLE_FORM["CallStatus"]}
     )
-    SequenceNumber = ma.fields.Integer(
-        metadata={"description": "Order of the callbacks of one call; older ones are dropped",
-                  "example": int(EXAMPLE_FORM["SequenceNumber"])}
+    SequenceNumber = ma.fields.String(
+        metadata={"description": "Digits: order of the callbacks of one call; older ones "
+                  "are dropped", "example": EXAMPLE_FORM["SequenceNumber"]}
     )
     Direction = ma.fields.String(
         metadata={"description": "inbound: customerNumber is From; otherwise To",
@@ -163,11 +171,13 @@ class TwilioStatusCallbackSchema(ma.Schema):
         metadata={"description": "RFC 2822 time of the status change",
                   "example": EXAMPLE_FORM["Timestamp"]}
     )
-    CallDuration = ma.fields.Integer(
-        metadata={"description": "Seconds, on completed calls",
-                  "example": int(EXAMPLE_FORM["CallDuration"])}
+    CallDuration = ma.fields.String(
+        metadata={"description": "Digits: seconds, on completed calls",
+                  "example": EXAMPLE_FORM["CallDuration"]}
     )
-    SipResponseCode = ma.fields.Integer(metadata={"example": int(EXAMPLE_FORM["SipResponseCode"])})
+    SipResponseCode = ma.fields.String(
+        metadata={"description": "Digits", "example": EXAMPLE_FORM["SipResponseCode"]}
+    )
 
 
 def require_twilio_signature() -> None:

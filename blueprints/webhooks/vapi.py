@@ -14,7 +14,6 @@ import re
 from dataclasses import replace
 from typing import Any
 
-import marshmallow as ma
 from flask import current_app, request
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
@@ -26,6 +25,7 @@ from blueprints.webhooks.source import (
     owner_email,
     provider_time,
     publish,
+    shown,
     text,
 )
 from webapp.bodies import read_body
@@ -135,7 +135,7 @@ def translate(body: Any) -> EventDraft | Ignored:
     message = server_message(body)
     kind = message.get("type")
     if kind not in EVENT_TYPES:
-        name = text(kind) or "untyped"
+        name = (text(kind) or "untyped")[:64]
         return Ignored("message-type", f"Vapi {name} messages carry no call status")
     call = _object(message.get("call"))
     call_id = text(call.get("id"))
@@ -147,7 +147,7 @@ def translate(body: Any) -> EventDraft | Ignored:
         status = STATUS_MAP.get(provider_status or "")
         if status is None:
             return Ignored(
-                "unknown-status", f"Vapi status {provider_status!r} is not a call status"
+                "unknown-status", f"Vapi status {shown(provider_status)} is not a call status"
             )
     else:
         # The report comes once the call is over; it has no status of its own.
@@ -193,53 +193,56 @@ blp = Blueprint(
 )
 
 
-class VapiCustomerSchema(ma.Schema):
-    number = ma.fields.String(
-        metadata={"description": "Customer phone number (E.164): data.customerNumber"}
-    )
+def _read(description: str, **properties: dict[str, Any]) -> dict[str, Any]:
+    """Document a field the view reads without constraining it: Vapi may send any value.
+
+    No ``type``: a value of another type (null, a number) is accepted and read
+    as missing, exactly what the view does. ``properties`` apply to objects only.
+    """
+    return {"description": description, **({"properties": properties} if properties else {})}
 
 
-class VapiMetadataSchema(ma.Schema):
-    userId = ma.fields.String(metadata={"description": "Email of the user who owns the call"})
+_OWNER = _read("userId: email of the user who owns the call",
+               userId=_read("Email of the user who owns the call"))
 
-
-class VapiAssistantOverridesSchema(ma.Schema):
-    metadata = ma.fields.Nested(VapiMetadataSchema)
-
-
-class VapiCallSchema(ma.Schema):
-    id = ma.fields.String(metadata={"description": "Vapi call id: the event's callId"})
-    assistantId = ma.fields.String()
-    status = ma.fields.String()
-    endedReason = ma.fields.String()
-    customer = ma.fields.Nested(VapiCustomerSchema)
-    assistantOverrides = ma.fields.Nested(
-        VapiAssistantOverridesSchema,
-        metadata={"description": "metadata.userId names the owner (first choice)"},
-    )
-    metadata = ma.fields.Nested(
-        VapiMetadataSchema, metadata={"description": "userId names the owner (second choice)"}
-    )
-
-
-class VapiMessageSchema(ma.Schema):
-    type = ma.fields.String(
-        metadata={"description": "status-update and end-of-call-report are published; "
-                  "every other type is acknowledged and ignored"}
-    )
-    status = ma.fields.String(
-        metadata={"description": "status-update only: scheduled, queued, ringing, "
-                  "in-progress, forwarding, ended"}
-    )
-    endedReason = ma.fields.String(
-        metadata={"description": "Why the call ended; a never-connected reason makes it failed"}
-    )
-    timestamp = ma.fields.Raw(metadata={"description": "Epoch milliseconds or ISO 8601"})
-    call = ma.fields.Nested(VapiCallSchema)
-
-
-class VapiServerMessageSchema(ma.Schema):
-    message = ma.fields.Nested(VapiMessageSchema, required=True)
+#: The request body as the view reads it: an object with a ``message`` object;
+#: every other field is optional, of any type, and other fields are ignored.
+VAPI_SERVER_MESSAGE = {
+    "type": "object",
+    "required": ["message"],
+    "properties": {
+        "message": {
+            "type": "object",
+            "properties": {
+                "type": _read("status-update and end-of-call-report are published; "
+                              "every other type is acknowledged and ignored"),
+                "status": _read("status-update only: scheduled, queued, ringing, "
+                                "in-progress, forwarding, ended"),
+                "endedReason": _read(
+                    "Why the call ended; a never-connected reason makes it failed"
+                ),
+                "timestamp": _read("Epoch milliseconds or ISO 8601"),
+                "customer": _read("Used when call.customer is absent",
+                                  number=_read("Customer phone number")),
+                "assistant": _read("Used when call.assistantId is absent",
+                                   id=_read("Assistant id")),
+                "call": _read(
+                    "The call",
+                    id=_read("Vapi call id: the event's callId"),
+                    assistantId=_read("data.assistantId"),
+                    status=_read("Used when message.status is absent"),
+                    endedReason=_read("Used when message.endedReason is absent"),
+                    customer=_read("The customer",
+                                   number=_read("Phone number (E.164): data.customerNumber")),
+                    assistantOverrides=_read("metadata.userId names the owner (first choice)",
+                                             metadata=_OWNER),
+                    metadata=_read("userId names the owner (second choice)",
+                                   userId=_read("Email of the user who owns the call")),
+                ),
+            },
+        }
+    },
+}
 
 
 def require_vapi_secret() -> None:
@@ -271,7 +274,7 @@ class VapiWebhook(MethodView):
         requestBody={
             "required": True,
             "content": {"application/json": {
-                "schema": VapiServerMessageSchema,
+                "schema": VAPI_SERVER_MESSAGE,
                 "example": {"message": {
                     "type": "status-update",
                     "status": "in-progress",

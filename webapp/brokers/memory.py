@@ -63,7 +63,8 @@ class MemoryBroker(Broker):
         self._node: Node | None = None
         self._logs: dict[str, _UserLog] = {}
         self._calls: dict[str, tuple[CallState, float]] = {}
-        self._answers: dict[str, tuple[PublishResult, float]] = {}
+        #: (owner, idempotencyKey) -> first answer and its expiry.
+        self._answers: dict[tuple[str, str | None], tuple[PublishResult, float]] = {}
         self._next_sweep = time.monotonic() + SWEEP_INTERVAL_SECONDS
 
     def start(self, node: Node) -> None:
@@ -76,20 +77,22 @@ class MemoryBroker(Broker):
         with self._lock:
             now = time.time()
             self._sweep_if_due(now)
+            previous = self._live_call(draft.call_id, now)
+            owner = self._owner_for(draft, previous)
+            # Keys are scoped by owner: another user's key can never answer for this one.
+            answer_key = (owner, draft.idempotency_key)
             if draft.idempotency_key is not None:
-                cached = self._answers.get(draft.idempotency_key)
+                cached = self._answers.get(answer_key)
                 if cached is not None and cached[1] > now:
                     first = cached[0]
                     return PublishResult(first.id, 0, first.dropped, first.event)
-            previous = self._live_call(draft.call_id, now)
-            owner = self._owner_for(draft, previous)
             verdict = judge(previous, draft)
             if verdict != "accept":
                 result = PublishResult(None, 0, verdict)
             else:
                 result = self._accept(owner, draft, now)
             if draft.idempotency_key is not None:
-                self._answers[draft.idempotency_key] = (result, now + self._idempotency_ttl)
+                self._answers[answer_key] = (result, now + self._idempotency_ttl)
             return result
 
     def _owner_for(self, draft: EventDraft, previous: CallState | None) -> str:

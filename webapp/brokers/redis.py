@@ -7,7 +7,8 @@ Redis memory stays bounded; see ``docs/redis.md``):
   by id; ``u:<user>:last`` the user's newest id; ``u:<user>:open`` hash
   callId -> id of the latest event of each non-terminal call (the snapshot).
 - ``call:<callId>`` hash: owner, status, sequence, updatedAt, latest event.
-- ``idem:<key>`` the first answer to a publish with that ``idempotencyKey``.
+- ``idem:<owner length>:<owner>:<key>`` the first answer to a publish with that
+  ``idempotencyKey`` for that owner (keys are scoped by owner).
 - ``workers`` sorted set of live workers; ``w:<worker>:n`` / ``w:<worker>:c``
   that worker's connection counts and connections per user (presence).
 
@@ -109,6 +110,7 @@ from webapp.events import (
     event_message,
     utc_timestamp,
 )
+from webapp.validation import dumps
 
 logger = logging.getLogger(__name__)
 
@@ -196,10 +198,6 @@ def _call_key(call_id: str) -> str:
     return f"{KEY_PREFIX}call:{call_id}"
 
 
-def _idempotency_key(key: str) -> str:
-    return f"{KEY_PREFIX}idem:{key}"
-
-
 def _counts_key(worker: str) -> str:
     return f"{KEY_PREFIX}w:{worker}:n"
 
@@ -220,9 +218,9 @@ def _message_parts(draft: EventDraft, timestamp: str) -> tuple[str, str]:
     """
     body = {"event": EVENT_NAME, "callId": draft.call_id, "status": draft.status,
             "data": draft.data}
-    encoded = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    encoded = dumps(body)
     head = encoded[:-1] + ',"id":"'
-    tail = '","timestamp":' + json.dumps(timestamp, ensure_ascii=False) + "}"
+    tail = '","timestamp":' + dumps(timestamp) + "}"
     return head, tail
 
 
@@ -417,7 +415,8 @@ class RedisBroker(Broker):
                 args += [
                     draft.call_id, draft.status, draft.user_id or "",
                     "" if draft.sequence is None else str(int(draft.sequence)),
-                    _idempotency_key(draft.idempotency_key) if draft.idempotency_key else "",
+                    # The script scopes the key by the call's owner, which only it knows.
+                    draft.idempotency_key or "",
                     head, tail, timestamp,
                 ]
             try:
@@ -433,7 +432,7 @@ class RedisBroker(Broker):
         return outcomes
 
     def publish_transient(self, user_id: str, message: dict[str, Any]) -> int:
-        payload = json.dumps({"u": user_id, "m": message}, separators=(",", ":"))
+        payload = dumps({"u": user_id, "m": message})
         with self._available("publish_transient"):
             return int(self._transient_script(
                 keys=[WORKERS_KEY], args=[KEY_PREFIX, user_id, payload, CHANNEL]

@@ -34,7 +34,7 @@ PUBLISH_COMMON = 5
 #: | {'conflict'} | {'unknown'}.
 PUBLISH = _COUNT_FUNCTION + f"""
 -- KEYS: workers. ARGV: prefix, history size, history ttl, idempotency ttl, channel, then
--- per event: call id, status, user, sequence, idempotency key, head, tail, timestamp
+-- per event: call id, status, user, sequence, idempotencyKey, head, tail, timestamp
 -- (see RedisBroker.publish_batch).
 local RANK = {_RANK}
 local TERMINAL = {_TERMINAL}
@@ -47,12 +47,7 @@ local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 -- Connections per owner, counted once per batch (presence changes every few seconds).
 local reach = {{}}
 
-local function publish_one(call_id, status, user, seq, idem_key, head, tail, timestamp)
-  if idem_key ~= '' then
-    local cached = redis.call('GET', idem_key)
-    if cached then return {{'cached', cached}} end
-  end
-
+local function publish_one(call_id, status, user, seq, idempotency, head, tail, timestamp)
   local call_key = prefix .. 'call:' .. call_id
   local previous = redis.call('HMGET', call_key, 'owner', 'status', 'seq')
   local owner = previous[1]
@@ -61,6 +56,15 @@ local function publish_one(call_id, status, user, seq, idem_key, head, tail, tim
   else
     if user == '' then return {{'unknown'}} end
     owner = user
+  end
+
+  -- Idempotency keys are scoped by owner (its length first, so no two owner and
+  -- key pairs share a Redis key): another user's key never answers for this one.
+  local idem_key = ''
+  if idempotency ~= '' then
+    idem_key = prefix .. 'idem:' .. #owner .. ':' .. owner .. ':' .. idempotency
+    local cached = redis.call('GET', idem_key)
+    if cached then return {{'cached', cached}} end
   end
 
   -- The forward-only rule, exactly as webapp.events.judge.
