@@ -374,6 +374,73 @@ class InlineReader:
         """Do nothing: there is no thread to wait for."""
 
 
+class InlineSocket:
+    """Read a simple-websocket ``Server`` in the calling greenlet (see :class:`InlineReader`).
+
+    Both transports (the raw protocol and Socket.IO's WebSocket) read this
+    way: wait until the socket is readable or the event is set, feed what
+    arrived to wsproto (which answers pings and close frames), and on the
+    way out close the socket and break wsproto's parser cycle.
+    """
+
+    __slots__ = ("ws", "_watcher")
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        #: The hub's read watcher on the socket, made on first wait.
+        self._watcher: Any = None
+
+    def wait_readable(self, seconds: float | None) -> bool:
+        """Wait until the socket is readable or ``ws.event`` is set; False on timeout."""
+        ws = self.ws
+        if self._watcher is None:
+            self._watcher = gevent.get_hub().loop.io(ws.sock.fileno(), 1)
+        ws.event.clear()
+        self._watcher.start(ws.event.set)
+        try:
+            return ws.event.wait(seconds)
+        finally:
+            self._watcher.stop()
+
+    def readable_now(self) -> bool:
+        """Return True if the socket has input (or an end) waiting, without waiting."""
+        poller = _unpatched_poll()
+        poller.register(self.ws.sock.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+
+    def read_once(self) -> None:
+        """Read what the socket has and let wsproto turn it into frames and answers."""
+        ws = self.ws
+        try:
+            data = ws.sock.recv(ws.receive_bytes)
+        except OSError:
+            data = b""
+        if not data:
+            ws.connected = False
+            return
+        try:
+            ws.ws.receive_data(data)
+            ws.connected = ws._handle_events()
+        except (LocalProtocolError, OSError):
+            ws.connected = False
+
+    def release(self) -> None:
+        """Close the socket (bounded drain: SafeSocket.close) and free what holds it.
+
+        wsproto's frame parser holds its own generator, which holds the parser:
+        a cycle that only a full collection frees, and gunicorn.conf.py freezes
+        long-lived objects out of the collector. Break it so it dies with us.
+        """
+        if self._watcher is not None:
+            self._watcher.close()
+            self._watcher = None
+        with contextlib.suppress(OSError):
+            self.ws.sock.close()
+        proto = getattr(getattr(self.ws.ws, "connection", None), "_proto", None)
+        if proto is not None:
+            proto._parse_more = None
+
+
 class WebSocketConnection(Connection):
     """A connection over a simple-websocket ``Server`` (flask-sock)."""
 
@@ -391,8 +458,7 @@ class WebSocketConnection(Connection):
         super().__init__(send_queue=send_queue, remote=remote, send_queue_bytes=send_queue_bytes)
         self._ws = ws
         self._write_timeout = write_timeout
-        #: The hub's read watcher on the socket, made on first receive.
-        self._readable: Any = None
+        self._reading = InlineSocket(ws)
         interval = getattr(ws, "ping_interval", None)
         self._next_ping = time.monotonic() + interval if interval else None
         #: Consecutive pings the peer left unanswered; two drop it (docs/protocol.md).
@@ -407,7 +473,7 @@ class WebSocketConnection(Connection):
         (see :class:`InlineReader`): waits until the socket is readable (or
         :meth:`_wake_session` sets the event), feeds wsproto, which answers
         pings and close frames, and sends a ping every ``ping_interval``,
-        closing with 1008 a peer that left two consecutive pings unanswered.
+        closing with 1011 a peer that left two consecutive pings unanswered.
         """
         ws = self._ws
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -421,48 +487,14 @@ class WebSocketConnection(Connection):
             if deadline is not None and now >= deadline:
                 # A busy server may wake this greenlet late, after input arrived:
                 # what the peer sent in time is read before the deadline counts.
-                if not self._readable_now():
+                if not self._reading.readable_now():
                     return None
-                self._read_once()
+                self._reading.read_once()
                 continue
             waits = [t - now for t in (deadline, self._next_ping) if t is not None]
-            if self._wait_readable(min(waits) if waits else None) and not ws.input_buffer:
-                self._read_once()
+            if self._reading.wait_readable(min(waits) if waits else None) and not ws.input_buffer:
+                self._reading.read_once()
         return ws.input_buffer.pop(0)
-
-    def _wait_readable(self, seconds: float | None) -> bool:
-        """Wait until the socket is readable or the session is woken; False on timeout."""
-        ws = self._ws
-        if self._readable is None:
-            self._readable = gevent.get_hub().loop.io(ws.sock.fileno(), 1)
-        ws.event.clear()
-        self._readable.start(ws.event.set)
-        try:
-            return ws.event.wait(seconds)
-        finally:
-            self._readable.stop()
-
-    def _readable_now(self) -> bool:
-        """Return True if the socket has input (or an end) waiting, without waiting."""
-        poller = _unpatched_poll()
-        poller.register(self._ws.sock.fileno(), select.POLLIN)
-        return bool(poller.poll(0))
-
-    def _read_once(self) -> None:
-        """Read what the socket has and let wsproto turn it into frames and answers."""
-        ws = self._ws
-        try:
-            data = ws.sock.recv(ws.receive_bytes)
-        except OSError:
-            data = b""
-        if not data:
-            ws.connected = False
-            return
-        try:
-            ws.ws.receive_data(data)
-            ws.connected = ws._handle_events()
-        except (LocalProtocolError, OSError):
-            ws.connected = False
 
     def _ping(self) -> None:
         """Send the next ping, or close with 1011 if the last two got no pong.
@@ -513,16 +545,7 @@ class WebSocketConnection(Connection):
         The server would close the socket as soon as the handler returns;
         draining first lets a close frame reach the peer instead of a reset.
         """
-        if self._readable is not None:
-            self._readable.close()
-        with contextlib.suppress(OSError):
-            self._ws.sock.close()
-        # wsproto's frame parser holds its own generator, which holds the parser:
-        # a cycle that only a full collection frees, and gunicorn.conf.py freezes
-        # long-lived objects out of the collector. Break it so it dies with us.
-        proto = getattr(getattr(self._ws.ws, "connection", None), "_proto", None)
-        if proto is not None:
-            proto._parse_more = None
+        self._reading.release()
 
     def _write(self, frame: str) -> None:
         self._ws.send(frame)

@@ -51,7 +51,6 @@ import simple_websocket
 import socketio
 import socketio.exceptions
 import socketio.packet as sio_packet
-from wsproto.utilities import LocalProtocolError
 
 from webapp import metrics
 from webapp.admission import Refused, Ticket, client_address
@@ -63,6 +62,7 @@ from webapp.connection import (
     CLOSE_TOO_SLOW,
     Connection,
     InlineReader,
+    InlineSocket,
     SafeSocket,
 )
 from webapp.protocol import INVALID_FORMAT, ProtocolError, encode, error, pong
@@ -148,7 +148,7 @@ class EngineWebSocket:
         self.handler = handler
         self.server = server
         self.ws: simple_websocket.Server | None = None
-        self._readable: Any = None
+        self._reading: InlineSocket | None = None
         self._wake_pending = False
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -162,13 +162,14 @@ class EngineWebSocket:
             event_class=gevent.event.Event,
             max_message_size=self.server.max_http_buffer_size,
         )
+        self._reading = InlineSocket(self.ws)
         try:
             self.handler(self)
         except Exception:
             # The 101 is sent: no HTTP answer is possible any more, only a log line.
             logger.exception("engine.io WebSocket failed")
         finally:
-            self._release()
+            self._reading.release()
         # As the library's driver does: the response was the handshake.
         if self.ws.mode == "gunicorn":
             raise StopIteration()
@@ -186,8 +187,8 @@ class EngineWebSocket:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return None
-            if self._wait_readable(remaining) and not ws.input_buffer:
-                self._read_once()
+            if self._reading.wait_readable(remaining) and not ws.input_buffer:
+                self._reading.read_once()
         message = ws.input_buffer.pop(0)
         if message is WAKE:
             self._wake_pending = False
@@ -207,44 +208,6 @@ class EngineWebSocket:
         with contextlib.suppress(Exception):  # the peer may be gone already
             if self.ws.connected:
                 self.ws.close()
-
-    def _wait_readable(self, seconds: float | None) -> bool:
-        ws = self.ws
-        if self._readable is None:
-            self._readable = gevent.get_hub().loop.io(ws.sock.fileno(), 1)
-        ws.event.clear()
-        self._readable.start(ws.event.set)
-        try:
-            return ws.event.wait(seconds)
-        finally:
-            self._readable.stop()
-
-    def _read_once(self) -> None:
-        ws = self.ws
-        try:
-            data = ws.sock.recv(ws.receive_bytes)
-        except OSError:
-            data = b""
-        if not data:
-            ws.connected = False
-            return
-        try:
-            ws.ws.receive_data(data)
-            ws.connected = ws._handle_events()
-        except (LocalProtocolError, OSError):
-            ws.connected = False
-
-    def _release(self) -> None:
-        """Close the socket once the peer saw our close, and break wsproto's parser cycle."""
-        if self._readable is not None:
-            self._readable.close()
-            self._readable = None
-        ws = self.ws
-        with contextlib.suppress(OSError):
-            ws.sock.close()
-        proto = getattr(getattr(ws.ws, "connection", None), "_proto", None)
-        if proto is not None:
-            proto._parse_more = None
 
 
 class CallwireEngineSocket(engineio.socket.Socket):
@@ -678,24 +641,26 @@ class SocketIOLayer(socketio.Server):
             self._forget(connection, f"socket.io: {reason}")
 
     def _on_init(self, sid: str, payload: Any = None, *_: Any) -> dict[str, Any] | None:
-        connection = self.connections.get(sid)
-        if connection is None:
-            return None
-        if payload is None:
-            payload = {}
-        try:
-            if not isinstance(payload, dict):
-                raise ProtocolError("Invalid init payload: expected an object")
-            answer = connection.rules.identify(payload)
-        except ProtocolError as problem:
-            return self._answer_error(connection, str(problem))
-        except CloseClient as close:
-            gevent.spawn(self.end, connection, close)  # after the acknowledgement
-            return error(close.message or "")
-        self._arm_deadline(connection)
-        return answer
+        # connected goes out from attach; the acknowledgement carries it too.
+        return self._apply(sid, "init", payload, lambda c, p: c.rules.identify(p), emit=False)
 
     def _on_auth(self, sid: str, payload: Any = None, *_: Any) -> dict[str, Any] | None:
+        return self._apply(sid, "auth", payload, lambda c, p: c.rules.refresh(p), emit=True)
+
+    def _apply(
+        self,
+        sid: str,
+        kind: str,
+        payload: Any,
+        rule: Callable[[SocketIOConnection, dict[str, Any]], dict[str, Any]],
+        *,
+        emit: bool,
+    ) -> dict[str, Any] | None:
+        """Run one client rule (init or auth) and answer it as the acknowledgement.
+
+        A refusal that ends the client is carried out after the
+        acknowledgement, so the client reads why before it is disconnected.
+        """
         connection = self.connections.get(sid)
         if connection is None:
             return None
@@ -703,14 +668,15 @@ class SocketIOLayer(socketio.Server):
             payload = {}
         try:
             if not isinstance(payload, dict):
-                raise ProtocolError("Invalid auth payload: expected an object")
-            answer = connection.rules.refresh(payload)
+                raise ProtocolError(f"Invalid {kind} payload: expected an object")
+            answer = rule(connection, payload)
         except ProtocolError as problem:
             return self._answer_error(connection, str(problem))
         except CloseClient as close:
             gevent.spawn(self.end, connection, close)
             return error(close.message or "")
-        connection.send(encode(answer))
+        if emit:
+            connection.send(encode(answer))
         self._arm_deadline(connection)
         return answer
 
