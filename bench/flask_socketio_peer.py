@@ -1,6 +1,6 @@
 """Flask-SocketIO 5.x serving Callwire's events: the peer the Socket.IO benchmark compares with.
 
-Bench only (``bench/requirements-peer.txt``; never part of the service). It is
+Bench only (``bench/requirements.txt``; never part of the service). It is
 what a team leaving Flask-SocketIO runs today, set up as fairly as it allows:
 gunicorn's gevent worker, ``async_mode='gevent'`` (simple-websocket, as
 Callwire), the same ping interval and buffer size, one room per user, and a
