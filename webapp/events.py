@@ -135,7 +135,8 @@ def utc_timestamp(moment: float | None = None) -> str:
         seconds, micros = seconds + 1, micros - 1_000_000
     cached, text = _formatted_second
     if seconds != cached:
-        text = datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        # isoformat, not strftime: "%Y" is not zero-padded before the year 1000.
+        text = datetime.fromtimestamp(seconds, tz=UTC).replace(tzinfo=None).isoformat()
         _formatted_second = (seconds, text)
     return f"{text}.{micros // 1000:03d}Z"
 
