@@ -27,11 +27,9 @@ import json
 import logging
 import os
 import random
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +50,9 @@ from bench.harness import (
 )
 from bench.rawws import (
     DEFLATE_OFFER,
-    OP_CLOSE,
-    OP_PING,
-    OP_PONG,
     ClosedError,
     HandshakeError,
     RawClient,
-    encode_frame,
 )
 from tests.support.net import free_port, wait_for_port
 from tests.support.server import ARTIFACTS, ROOT, LiveServer
@@ -104,45 +98,7 @@ class SioWebSocketClient(RawClient):
     """An Engine.IO v4 / Socket.IO v5 client over WebSocket, as socket.io-client with
     ``transports: ['websocket']`` (deflate offered)."""
 
-    __slots__ = ("arrivals", "inflater")
-
-    def read_frame(self) -> tuple[int, bytes]:
-        """Return the next frame, inflating permessage-deflate frames if the server took it."""
-        while True:
-            buffer = self._buffer
-            while len(buffer) < 2:
-                self._fill()
-                buffer = self._buffer
-            first, second = buffer[0], buffer[1]
-            length, offset = second & 0x7F, 2
-            if length == 126:
-                offset = 4
-            elif length == 127:
-                offset = 10
-            while len(self._buffer) < offset:
-                self._fill()
-            if length == 126:
-                length = struct.unpack_from("!H", self._buffer, 2)[0]
-            elif length == 127:
-                length = struct.unpack_from("!Q", self._buffer, 2)[0]
-            while len(self._buffer) < offset + length:
-                self._fill()
-            payload = bytes(self._buffer[offset : offset + length])
-            del self._buffer[: offset + length]
-            opcode = first & 0x0F
-            if first & 0x40:  # RSV1: compressed (the peer accepts the deflate offer)
-                if getattr(self, "inflater", None) is None:
-                    self.inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-                payload = self.inflater.decompress(payload + b"\x00\x00\xff\xff")
-            if opcode == OP_PING:
-                self.sock.sendall(encode_frame(OP_PONG, payload))
-                continue
-            if opcode == OP_PONG:
-                continue
-            if opcode == OP_CLOSE:
-                self.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
-                raise ClosedError(self.close_code, payload[2:].decode(errors="replace"))
-            return opcode, payload
+    __slots__ = ("arrivals",)
 
     def open_sio(self, port: int, auth: dict[str, Any], timeout: float) -> None:
         with gevent.Timeout(timeout, HandshakeError(f"no connected within {timeout}s")):
