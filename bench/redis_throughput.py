@@ -14,6 +14,7 @@ a request is written to the frame's arrival.
 
     python -m bench.redis_throughput            # under a minute
     python -m bench.redis_throughput --duration 8 --users 50
+    python -m bench.redis_throughput --setups 0,1 --profile /tmp/prof   # py-spy, batch rounds
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from bench.harness import (
     worker_pid,
 )
 from bench.rawws import RawClient
+from bench.side_by_side import start_profiler
 from bench.throughput import Tally, publish_loop
 from tests.support.redis_server import RedisServer
 from tests.support.server import LiveServer
@@ -56,13 +58,15 @@ def cpu_seconds(pids: list[int]) -> float:
 
 def measure(servers: list[LiveServer], pids: list[int], users: list[str], receivers: int,
             batch: int, publishers: int, duration: float, first_index: int,
-            tally: Tally) -> dict[str, Any]:
+            tally: Tally, profile: Path | None = None) -> dict[str, Any]:
     """Publish for ``duration`` seconds, spreading publishers over ``servers``; wait for frames.
 
     Publishers are numbered from ``first_index`` so that no call id repeats
     between rounds (a repeated id would be dropped as a duplicate).
     """
     cpu_before, own_before, started = cpu_seconds(pids), own_cpu_seconds(), time.monotonic()
+    # py-spy on the first worker (--profile), while the publishers run.
+    profiler = start_profiler(pids[0], duration - 1, profile) if profile is not None else None
     loops = [
         gevent.spawn(publish_loop, servers[n % len(servers)].port, servers[0].api_key,
                      first_index + n, users, batch, started + duration, tally)
@@ -70,6 +74,8 @@ def measure(servers: list[LiveServer], pids: list[int], users: list[str], receiv
     ]
     gevent.joinall(loops, raise_error=True)
     published_for = time.monotonic() - started
+    if profiler is not None:
+        profiler.wait(timeout=30)
     expected = tally.accepted * receivers // len(users)
     deadline = time.monotonic() + 10
     while tally.received < expected and time.monotonic() < deadline:
@@ -118,8 +124,10 @@ def run_setup(label: str, broker: str, workers: int, store: RedisServer, args: a
                     tally)
             first_index += 100
             tally.reset()
+            profile = (Path(args.profile) / f"{broker}-{workers}-{mode}.txt"
+                       if args.profile and mode == "batch" else None)
             figures = measure(servers, pids, users, len(clients), batch, publishers,
-                              args.duration, first_index, tally)
+                              args.duration, first_index, tally, profile)
             first_index += 100
             tally.reset()
             result = {"setup": label, "mode": mode, "batch_size": batch or 1,
@@ -156,13 +164,21 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--publishers", type=int, default=16,
                         help="concurrent single-event publishers of the saturating round")
     parser.add_argument("--batch-size", type=int, default=100, help="events per batch request")
+    parser.add_argument("--setups", default="0,1,2",
+                        help="set-ups by index: 0 memory, 1 redis 1 worker, 2 redis 2 workers")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="also sample the (first) worker with py-spy during the batch rounds "
+                             "(collapsed stacks in DIR; python -m bench.profile_top)")
     args = parser.parse_args(argv)
     raise_fd_limit(args.users * args.sockets_per_user + 1000)
+    chosen = {int(n) for n in args.setups.split(",")}
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="callwire-bench-redis-") as workdir:
         store = RedisServer(Path(workdir)).start()
         try:
             for n, (label, broker, workers) in enumerate(SETUPS):
+                if n not in chosen:
+                    continue
                 results += run_setup(label, broker, workers, store, args, first_index=n * 1000)
         finally:
             store.stop()

@@ -60,6 +60,23 @@ def test_concurrent_large_writes_stay_whole(pair):
     assert not safe.broken
 
 
+def test_send_now_never_waits_and_the_next_send_finishes_its_frame_first(pair):
+    left, right = pair
+    safe = SafeSocket(left, write_timeout=10)
+    frames, started = [], time.monotonic()
+    while not safe.unfinished:  # the peer does not read yet: fill the buffers
+        assert safe.idle
+        frames.append(bytes([len(frames) % 251]) * 65536)
+        safe.send_now(frames[-1])
+    assert time.monotonic() - started < 2  # never waited for the peer
+    assert not safe.idle
+    frames.append(b"after")
+    received = gevent.spawn(read_exactly, right, sum(map(len, frames)))
+    safe.send(frames[-1])  # waits for the peer, writes the unfinished frame first
+    assert received.get(timeout=10) == b"".join(frames)
+    assert safe.idle and not safe.broken
+
+
 def test_a_peer_that_does_not_read_times_the_write_out_and_breaks_the_socket(pair):
     left, right = pair
     safe = SafeSocket(left, write_timeout=0.3)

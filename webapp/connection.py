@@ -3,9 +3,11 @@
 :class:`Connection` is transport-neutral: it queues frames, buffers live
 events while a resume or snapshot is being read (the seam), drops events the
 client already has, and asks its transport to write. A slow client only hurts
-itself: delivery only appends to a bounded queue, a writer greenlet that
-exists only while there is something to send does the writing, and a queue
-that overflows asks the session to close with 4008.
+itself: delivery never waits for a client. A frame is written at once, in
+the delivering greenlet, when nothing waits before it and the socket takes
+it without waiting; anything else goes to a bounded queue, which a writer
+greenlet that exists only while there is something to send writes, and a
+queue that overflows asks the session to close with 4008.
 
 :class:`WebSocketConnection` is the flask-sock / simple-websocket transport.
 :class:`SafeSocket` makes its raw socket writes whole and bounded in time
@@ -28,7 +30,7 @@ import gevent
 import gevent.lock
 from gevent import monkey
 from simple_websocket import ConnectionClosed
-from wsproto.events import Ping
+from wsproto.events import Ping, TextMessage
 from wsproto.utilities import LocalProtocolError
 
 from webapp import metrics
@@ -84,12 +86,13 @@ def accepted_at(event_id: str | None) -> float:
 
 
 class SafeSocket:
-    """Wrap a socket so every write is a whole ``sendall`` under one lock, with a deadline.
+    """Wrap a (gevent) socket so every write is whole, in order, under one lock, with a deadline.
 
     A write that cannot finish in ``write_timeout`` seconds (or is interrupted)
     may leave a frame half-written, which cannot be recovered: the socket is
     then marked broken, every later write fails at once, and :meth:`abort`
-    drops the connection.
+    drops the connection. :meth:`send_now` writes without waiting at all and
+    keeps what the kernel did not take, which the next :meth:`send` writes first.
     """
 
     def __init__(self, sock: socket.socket, write_timeout: float) -> None:
@@ -98,6 +101,37 @@ class SafeSocket:
         # A gevent lock, not threading's: writers are greenlets, patched or not.
         self._lock = gevent.lock.Semaphore()
         self.broken = False
+        #: What :meth:`send_now` could not write at once; written first by :meth:`send`.
+        self._rest: memoryview | None = None
+
+    @property
+    def idle(self) -> bool:
+        """True when no write is in progress or left unfinished: :meth:`send_now` may write."""
+        return self._rest is None and not self._lock.locked()
+
+    @property
+    def unfinished(self) -> bool:
+        """True when :meth:`send_now` left part of its data for :meth:`send` to write."""
+        return self._rest is not None
+
+    def send_now(self, data: bytes) -> None:
+        """Write ``data`` without waiting; only when :attr:`idle` (the caller checks).
+
+        What the kernel does not take at once is kept, and the next
+        :meth:`send` writes it before anything else (``send(b"")`` just
+        finishes it), so frames stay whole and in order.
+        """
+        if self.broken:
+            raise BrokenPipeError("connection already failed a write")
+        try:
+            sent = self._sock.send(data, 0, 0.0)  # gevent: timeout 0, never wait
+        except BlockingIOError:
+            sent = 0
+        except BaseException:
+            self.broken = True
+            raise
+        if sent < len(data):
+            self._rest = memoryview(data)[sent:]
 
     def send(self, data: bytes) -> int:
         with self._lock:
@@ -106,9 +140,12 @@ class SafeSocket:
             deadline = gevent.Timeout(self.write_timeout)
             try:
                 with deadline:
+                    if self._rest is not None:
+                        self._sock.sendall(self._rest)
+                        self._rest = None
                     # One send() is nearly always the whole frame; gevent's sendall
                     # costs an extra getsockopt() system call per frame (bench/README.md).
-                    sent = self._sock.send(data)
+                    sent = self._sock.send(data) if data else 0
                     if sent < len(data):
                         self._sock.sendall(memoryview(data)[sent:])
             except gevent.Timeout as timeout:
@@ -179,6 +216,8 @@ class Connection:
         #: This client's place under the handshake caps (``webapp.admission``), if any.
         self.admission: Ticket | None = None
         self._writer: gevent.Greenlet | None = None
+        #: (queued at, UTF-8 size) of a frame written in part at once, which the writer finishes.
+        self._unfinished: tuple[float | None, int] | None = None
         self._closed = False
         #: Live events held back while history is read, or None when live.
         self._seam: list[tuple[str, str | None, str | None]] | None = None
@@ -295,6 +334,24 @@ class Connection:
             )
             self.request_close(CLOSE_TOO_SLOW, "Too slow: outgoing queue is full")
             return False
+        if self._writer is None and not self._queue:
+            # Nothing waits before this frame: write it now if the socket takes it
+            # without waiting, with no writer greenlet to spawn and switch to.
+            try:
+                written = self._write_now(frame)
+            except Exception as error:  # noqa: BLE001 - any transport failure ends the client
+                self._write_failed(error)
+                return False
+            if written:
+                if self._write_unfinished():
+                    # The kernel took part of it: the writer finishes it first.
+                    self._unfinished = (queued_at, size)
+                    self._queued_bytes += size
+                    self._writer = gevent.spawn(self._drain)
+                elif queued_at is not None:
+                    metrics.DELIVERY_LATENCY.observe(time.monotonic() - queued_at)
+                    metrics.EVENTS_DELIVERED.inc()
+                return True
         self._queue.append((frame, queued_at, size))
         self._queued_bytes += size
         metrics.note_queue_depth(len(self._queue))
@@ -306,20 +363,26 @@ class Connection:
         """Write queued frames until the queue is empty, then let the greenlet end."""
         delivered = 0
         try:
+            if self._unfinished is not None:
+                queued_at, size = self._unfinished
+                try:
+                    self._finish_write()
+                except Exception as error:  # noqa: BLE001 - any transport failure ends the client
+                    self._write_failed(error)
+                    return
+                finally:
+                    self._unfinished = None
+                    self._queued_bytes -= size
+                if queued_at is not None:
+                    delivered += 1
+                    metrics.DELIVERY_LATENCY.observe(time.monotonic() - queued_at)
             while self._queue and not self._closed:
                 frame, queued_at, size = self._queue.popleft()
                 # Still counted while written: the frame and its encodings are in memory.
                 try:
                     self._write(frame)
                 except Exception as error:  # noqa: BLE001 - any transport failure ends the client
-                    logger.warning(
-                        "delivery to connection %s user=%s failed: %s",
-                        self.id, self.user_id, error or type(error).__name__,
-                        extra=self.log_context(),
-                    )
-                    if self.close_requested is None:  # counted once per connection
-                        metrics.SLOW_CLIENTS_DROPPED.labels("write_failed").inc()
-                    self.request_close(CLOSE_TOO_SLOW, "Too slow: write timed out")
+                    self._write_failed(error)
                     return
                 finally:
                     self._queued_bytes -= size
@@ -331,6 +394,17 @@ class Connection:
             if delivered:  # one update per run of the writer, not per frame
                 metrics.EVENTS_DELIVERED.inc(delivered)
 
+    def _write_failed(self, error: Exception) -> None:
+        """A write failed or timed out: the stream is not whole, close with 4008."""
+        logger.warning(
+            "delivery to connection %s user=%s failed: %s",
+            self.id, self.user_id, error or type(error).__name__,
+            extra=self.log_context(),
+        )
+        if self.close_requested is None:  # counted once per connection
+            metrics.SLOW_CLIENTS_DROPPED.labels("write_failed").inc()
+        self.request_close(CLOSE_TOO_SLOW, "Too slow: write timed out")
+
     def _clear_queue(self) -> None:
         """Drop every waiting frame (the one being written stays counted until it is done)."""
         for _frame, _queued_at, size in self._queue:
@@ -339,6 +413,21 @@ class Connection:
 
     def _write(self, frame: str) -> None:
         raise NotImplementedError
+
+    def _write_now(self, frame: str) -> bool:
+        """Write ``frame`` without waiting and return True, or return False and write nothing.
+
+        True even when the socket took only part of it: :meth:`_write_unfinished`
+        then says so, and the writer calls :meth:`_finish_write` before anything else.
+        Transports without such a write keep the default: every frame is queued.
+        """
+        return False
+
+    def _write_unfinished(self) -> bool:
+        return False
+
+    def _finish_write(self) -> None:
+        """Write the rest of what :meth:`_write_now` began (waiting, with the write deadline)."""
 
     def _wake_session(self) -> None:
         raise NotImplementedError
@@ -549,6 +638,23 @@ class WebSocketConnection(Connection):
 
     def _write(self, frame: str) -> None:
         self._ws.send(frame)
+
+    def _write_now(self, frame: str) -> bool:
+        ws = self._ws
+        sock = ws.sock
+        if not isinstance(sock, SafeSocket) or not sock.idle:
+            return False
+        # What simple-websocket's Server.send does, with a write that never waits.
+        if not ws.connected:
+            raise ConnectionClosed(ws.close_reason, ws.close_message)
+        sock.send_now(ws.ws.send(TextMessage(data=frame)))
+        return True
+
+    def _write_unfinished(self) -> bool:
+        return self._ws.sock.unfinished
+
+    def _finish_write(self) -> None:
+        self._ws.sock.send(b"")
 
     def _wake_session(self) -> None:
         # simple-websocket's receive() waits for input_buffer under its event;

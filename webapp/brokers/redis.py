@@ -23,7 +23,8 @@ is one call per :data:`BATCH_CHUNK` events, so a batch costs a few round
 trips, not one per event.
 
 **Fan-out: one pub/sub channel (``callwire:events``) that every worker
-subscribes to**, rather than a stream. Pub/sub keeps nothing in Redis and
+subscribes to**, rather than a stream; a publish script sends the events it
+accepted as one message, one envelope per line. Pub/sub keeps nothing in Redis and
 adds no read cursor per worker; durability is already provided by the
 per-user history, which resume needs anyway. Its weakness, that a worker
 misses what is published while its subscription is down, is covered by
@@ -660,14 +661,17 @@ class RedisBroker(Broker):
                 self._dispatch(message["data"])
 
     def _dispatch(self, payload: bytes) -> None:
+        """Deliver each envelope of a pub/sub message (a publish script sends one per line)."""
         node = self._node
         if node is None:
             return
-        try:
-            envelope = json.loads(payload)
-            self._to_node(node.deliver, envelope["u"], envelope["m"])
-        except Exception:  # noqa: BLE001 - one bad message must not stop delivery
-            logger.exception("redis listener: could not deliver a message")
+        # Compact JSON never holds a raw newline: each line is one {"u": user, "m": message}.
+        for line in payload.split(b"\n"):
+            try:
+                envelope = json.loads(line)
+                self._to_node(node.deliver, envelope["u"], envelope["m"])
+            except Exception:  # noqa: BLE001 - one bad envelope must not stop delivery
+                logger.exception("redis listener: could not deliver a message")
 
     # -- errors ----------------------------------------------------------------
 

@@ -29,7 +29,10 @@ PUBLISH_FIELDS = 8
 PUBLISH_COMMON = 5
 
 #: Judge, number, store and publish events one after another, in order, atomically:
-#: a single publish is a batch of one. Answers one entry per event:
+#: a single publish is a batch of one. What only bounds or ages the keys (history
+#: trimming, expiries, the user's newest id) is done once per key at the end, and
+#: the accepted events go out as one pub/sub message, one envelope per line, in
+#: order (``RedisBroker._dispatch``). Answers one entry per event:
 #: {'accept', id, delivered} | {'duplicate'} | {'stale'} | {'cached', answer JSON}
 #: | {'conflict'} | {'unknown'}.
 PUBLISH = _COUNT_FUNCTION + f"""
@@ -46,6 +49,10 @@ local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 -- Connections per owner, counted once per batch (presence changes every few seconds).
 local reach = {{}}
+-- Each owner's newest id so far, and the calls touched: trimmed and expired at the end.
+local lasts, calls = {{}}, {{}}
+-- One envelope per accepted event, published together at the end.
+local envelopes = {{}}
 
 local function publish_one(call_id, status, user, seq, idempotency, head, tail, timestamp)
   local call_key = prefix .. 'call:' .. call_id
@@ -91,24 +98,45 @@ local function publish_one(call_id, status, user, seq, idempotency, head, tail, 
 
   -- The id: Redis time in microseconds, or the user's previous id + 1.
   local user_prefix = prefix .. 'u:' .. owner .. ':'
-  local history_key = user_prefix .. 'h'
-  local last_key, open_key = user_prefix .. 'last', user_prefix .. 'open'
   local number = now
-  local last = tonumber(redis.call('GET', last_key) or '')
+  local last = lasts[owner] or tonumber(redis.call('GET', user_prefix .. 'last') or '')
   if last and last >= number then number = last + 1 end
+  lasts[owner] = number
   local id = string.format('%016.0f', number)
   local message = head .. id .. tail
 
-  redis.call('ZADD', history_key, id, message)
+  redis.call('ZADD', user_prefix .. 'h', id, message)
+  if TERMINAL[status] then
+    redis.call('HDEL', user_prefix .. 'open', call_id)
+  else
+    redis.call('HSET', user_prefix .. 'open', call_id, id)
+  end
+  redis.call('HSET', call_key, 'owner', owner, 'status', status, 'seq', seq,
+             'updatedAt', timestamp, 'event', message)
+  calls[call_key] = true
+
+  if reach[owner] == nil then reach[owner] = count_connections(prefix, workers_key, owner, '') end
+  envelopes[#envelopes + 1] = '{{"u":' .. cjson.encode(owner) .. ',"m":' .. message .. '}}'
+  if idem_key ~= '' then
+    redis.call('SET', idem_key, '{{"id":"' .. id .. '","event":' .. message .. '}}', 'EX', idem_ttl)
+  end
+  return {{'accept', id, reach[owner]}}
+end
+
+local answers = {{}}
+for i = {PUBLISH_COMMON} + 1, #ARGV, {PUBLISH_FIELDS} do
+  answers[#answers + 1] = publish_one(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
+                                      ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7])
+end
+
+-- Once per owner: trim history (by age, then to its size), age the keys, keep the newest id.
+for owner, last in pairs(lasts) do
+  local user_prefix = prefix .. 'u:' .. owner .. ':'
+  local history_key, open_key = user_prefix .. 'h', user_prefix .. 'open'
   redis.call('ZREMRANGEBYSCORE', history_key, '-inf', string.format('%.0f', now - ttl * 1000000))
   redis.call('ZREMRANGEBYRANK', history_key, 0, -(size + 1))
   redis.call('EXPIRE', history_key, ttl)
-  redis.call('SET', last_key, id, 'EX', ttl)
-  if TERMINAL[status] then
-    redis.call('HDEL', open_key, call_id)
-  else
-    redis.call('HSET', open_key, call_id, id)
-  end
+  redis.call('SET', user_prefix .. 'last', string.format('%016.0f', last), 'EX', ttl)
   if redis.call('HLEN', open_key) > 2 * size then
     -- Calls whose latest event has left history can never be in a snapshot.
     local oldest = redis.call('ZRANGE', history_key, 0, 0, 'WITHSCORES')[2]
@@ -120,22 +148,12 @@ local function publish_one(call_id, status, user, seq, idempotency, head, tail, 
     end
   end
   redis.call('EXPIRE', open_key, ttl)
-  redis.call('HSET', call_key, 'owner', owner, 'status', status, 'seq', seq,
-             'updatedAt', timestamp, 'event', message)
-  redis.call('EXPIRE', call_key, ttl)
-
-  if reach[owner] == nil then reach[owner] = count_connections(prefix, workers_key, owner, '') end
-  redis.call('PUBLISH', channel, '{{"u":' .. cjson.encode(owner) .. ',"m":' .. message .. '}}')
-  if idem_key ~= '' then
-    redis.call('SET', idem_key, '{{"id":"' .. id .. '","event":' .. message .. '}}', 'EX', idem_ttl)
-  end
-  return {{'accept', id, reach[owner]}}
 end
-
-local answers = {{}}
-for i = {PUBLISH_COMMON} + 1, #ARGV, {PUBLISH_FIELDS} do
-  answers[#answers + 1] = publish_one(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
-                                      ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7])
+for call_key in pairs(calls) do
+  redis.call('EXPIRE', call_key, ttl)
+end
+if #envelopes > 0 then
+  redis.call('PUBLISH', channel, table.concat(envelopes, '\\n'))
 end
 return answers
 """
