@@ -38,6 +38,7 @@ from webapp.events import (
     PublishResult,
     UnknownOwner,
 )
+from webapp.protocol import encode
 from webapp.realtime import Realtime
 
 WAIT_SECONDS = 3.0
@@ -62,6 +63,12 @@ class RecordingNode:
         with self._lock:
             self.deliveries.append((user_id, message))
         return self.connections.get(user_id, 0)
+
+    def deliver_frame(self, user_id: str, frame: str, event_id: str) -> int:
+        message = json.loads(frame)
+        # The text clients get is the one the hub would have encoded from the message.
+        assert (message["id"], frame) == (event_id, encode(message))
+        return self.deliver(user_id, message)
 
     def local_connections(self) -> list[ConnectionInfo]:
         return [
@@ -579,6 +586,11 @@ class RecordingRealtime(Realtime):
     def deliver(self, user_id: str, message: dict[str, Any]) -> int:
         delivered = super().deliver(user_id, message)
         self.seen.append(message)
+        return delivered
+
+    def deliver_frame(self, user_id: str, frame: str, event_id: str) -> int:
+        delivered = super().deliver_frame(user_id, frame, event_id)
+        self.seen.append(json.loads(frame))
         return delivered
 
     def wait_seen(self, event_ids: list[str], transient: dict[str, Any] | None = None) -> None:

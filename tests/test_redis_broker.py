@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import json
 import logging
 import subprocess
 import threading
@@ -59,6 +60,11 @@ class Process:
             self._last[user_id] = int(message["id"])
         self.received.setdefault(user_id, []).append(message)
         return count
+
+    def deliver_frame(self, user_id: str, frame: str, event_id: str) -> int:
+        message = json.loads(frame)
+        assert message["id"] == event_id
+        return self.deliver(user_id, message)
 
     def local_connections(self) -> list[ConnectionInfo]:
         return [

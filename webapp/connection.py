@@ -219,8 +219,8 @@ class Connection:
         #: (queued at, UTF-8 size) of a frame written in part at once, which the writer finishes.
         self._unfinished: tuple[float | None, int] | None = None
         self._closed = False
-        #: Live events held back while history is read, or None when live.
-        self._seam: list[tuple[str, str | None, str | None]] | None = None
+        #: Live (frame, event id) held back while history is read, or None when live.
+        self._seam: list[tuple[str, str | None]] | None = None
         self.last_event_id: str | None = None
 
     # -- called by the session -------------------------------------------------
@@ -247,7 +247,7 @@ class Connection:
         for frame, event_id, _call_id in frames:
             self._enqueue(frame, None)
             newest = max(newest, event_id_order(event_id))
-        for frame, event_id, _call_id in held:
+        for frame, event_id in held:
             if event_id is not None:
                 order = event_id_order(event_id)
                 if order <= newest:
@@ -301,12 +301,12 @@ class Connection:
 
     # -- called by the hub (any greenlet) ---------------------------------------
 
-    def deliver(self, frame: str, event_id: str | None, call_id: str | None) -> bool:
+    def deliver(self, frame: str, event_id: str | None) -> bool:
         """Queue a live message; return False if the client already has it or is gone."""
         if self._closed or self.close_requested is not None:
             return False
         if self._seam is not None:
-            self._seam.append((frame, event_id, call_id))
+            self._seam.append((frame, event_id))
             return True
         if event_id is not None:
             order = event_id_order(event_id)

@@ -75,10 +75,17 @@ class Hub:
         targets = self.connections_of(user_id)
         if not targets:
             return 0
-        frame = encode(message)
-        event_id = message.get("id")
-        call_id = message.get("callId")
-        taken = sum(1 for c in targets if c.deliver(frame, event_id, call_id))
+        return self._deliver(targets, encode(message), message.get("id"))
+
+    def deliver_frame(self, user_id: str, frame: str, event_id: str) -> int:
+        """Like :meth:`deliver`, for an event already encoded (the Redis listener has the text)."""
+        targets = self.connections_of(user_id)
+        if not targets:
+            return 0
+        return self._deliver(targets, frame, event_id)
+
+    def _deliver(self, targets: list[Connection], frame: str, event_id: str | None) -> int:
+        taken = sum(1 for c in targets if c.deliver(frame, event_id))
         # Let the writers run once a queue builds up, so a burst from one publisher
         # (a batch) fills only the queues of clients that really fall behind. Not
         # after every message: that costs a loop turn and a writer greenlet per

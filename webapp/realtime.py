@@ -88,6 +88,9 @@ class Realtime:
     def deliver(self, user_id: str, message: dict[str, Any]) -> int:
         return self.hub.deliver(user_id, message)
 
+    def deliver_frame(self, user_id: str, frame: str, event_id: str) -> int:
+        return self.hub.deliver_frame(user_id, frame, event_id)
+
     def local_connections(self) -> list[ConnectionInfo]:
         return self.hub.connection_infos()
 

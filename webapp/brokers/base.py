@@ -70,6 +70,9 @@ class Node(Protocol):
     def deliver(self, user_id: str, message: dict[str, Any]) -> int:
         """Hand a live message to this process's connections of ``user_id``; return how many."""
 
+    def deliver_frame(self, user_id: str, frame: str, event_id: str) -> int:
+        """Like :meth:`deliver`, for an event already encoded as ``frame`` (its id given)."""
+
     def local_connections(self) -> list[ConnectionInfo]:
         """List this process's initialised connections."""
 

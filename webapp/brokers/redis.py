@@ -246,6 +246,28 @@ def _outcome(draft: EventDraft, timestamp: str, reply: list[Any]) -> Outcome:
     raise RuntimeError(f"unexpected answer from the publish script: {kind!r}")
 
 
+_decoder = json.JSONDecoder()
+
+
+def _event_envelope(line: str) -> tuple[str, str, str] | None:
+    """Return (user, event text, id) of a publish script's envelope, or None for another line.
+
+    The script writes ``{"u":<user>,"i":"<id>","m":<event>}`` with the event
+    last: only the user and the id are decoded, and the event's text (which
+    Python encoded, see :func:`_message_parts`) is cut out, not decoded and
+    encoded again.
+    """
+    if not line.startswith('{"u":') or not line.endswith("}"):
+        return None
+    user, end = _decoder.raw_decode(line, 5)
+    if not line.startswith(',"i":', end):
+        return None
+    event_id, end = _decoder.raw_decode(line, end + 5)
+    if not line.startswith(',"m":', end):
+        return None
+    return user, line[end + 5 : -1], event_id
+
+
 def _call_now(function: Callable[..., Any], *args: Any) -> None:
     function(*args)
 
@@ -661,15 +683,24 @@ class RedisBroker(Broker):
                 self._dispatch(message["data"])
 
     def _dispatch(self, payload: bytes) -> None:
-        """Deliver each envelope of a pub/sub message (a publish script sends one per line)."""
+        """Deliver each envelope of a pub/sub message (a publish script sends one per line).
+
+        Compact JSON never holds a raw newline, so each line is one envelope:
+        ``{"u":<user>,"i":"<id>","m":<event>}`` from the publish script, whose
+        event text goes to the sockets as it is (:func:`_event_envelope`), or
+        ``{"u":<user>,"m":<message>}`` (a test message), decoded in full.
+        """
         node = self._node
         if node is None:
             return
-        # Compact JSON never holds a raw newline: each line is one {"u": user, "m": message}.
-        for line in payload.split(b"\n"):
+        for line in payload.decode("utf-8").split("\n"):
             try:
-                envelope = json.loads(line)
-                self._to_node(node.deliver, envelope["u"], envelope["m"])
+                event = _event_envelope(line)
+                if event is not None:
+                    self._to_node(node.deliver_frame, *event)
+                else:
+                    envelope = json.loads(line)
+                    self._to_node(node.deliver, envelope["u"], envelope["m"])
             except Exception:  # noqa: BLE001 - one bad envelope must not stop delivery
                 logger.exception("redis listener: could not deliver a message")
 

@@ -116,7 +116,9 @@ local function publish_one(call_id, status, user, seq, idempotency, head, tail, 
   calls[call_key] = true
 
   if reach[owner] == nil then reach[owner] = count_connections(prefix, workers_key, owner, '') end
-  envelopes[#envelopes + 1] = '{{"u":' .. cjson.encode(owner) .. ',"m":' .. message .. '}}'
+  -- The message last, so the listener hands its text on as it is (RedisBroker._dispatch).
+  envelopes[#envelopes + 1] = '{{"u":' .. cjson.encode(owner) .. ',"i":"' .. id .. '","m":'
+                              .. message .. '}}'
   if idem_key ~= '' then
     redis.call('SET', idem_key, '{{"id":"' .. id .. '","event":' .. message .. '}}', 'EX', idem_ttl)
   end
