@@ -9,9 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
+import prometheus_client.values
+from gevent import monkey
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+# Each metric value guards its number with a lock, taken on every update (three
+# per delivered frame). Under gevent's monkey-patching that lock is gevent's, in
+# Python; an update never waits or switches greenlets while holding it, so the
+# operating system's lock is just as safe, for greenlets and real threads alike,
+# and several times cheaper (bench/README.md, issue 10).
+prometheus_client.values.Lock = monkey.get_original("threading", "Lock")
 
 CONNECTIONS = Gauge(
     "callwire_connections",
