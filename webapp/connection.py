@@ -343,6 +343,7 @@ class Connection:
                 self._write_failed(error)
                 return False
             if written:
+                metrics.note_queue_depth(1)  # this frame was the outgoing queue, for a moment
                 if self._write_unfinished():
                     # The kernel took part of it: the writer finishes it first.
                     self._unfinished = (queued_at, size)
