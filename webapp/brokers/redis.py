@@ -32,8 +32,9 @@ recovery: after (re)subscribing, the listener replays from history every
 event newer than its last sign of life to the users it holds, and each
 connection drops ids it already has. Per-user channels would avoid parsing
 messages for users a worker does not hold, but cost a SUBSCRIBE per socket
-and a race at every attach; one channel costs each worker one JSON parse
-per event (about 5 µs), which is cheap at Heroku's scale of a few workers.
+and a race at every attach; one channel costs each worker a short parse
+per event (its envelope's user and id: the event's text is passed on as it
+is), which is cheap at Heroku's scale of a few workers.
 A stream would duplicate the history and need trimming and a cursor per
 worker for the same guarantee.
 
