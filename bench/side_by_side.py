@@ -250,11 +250,14 @@ def paced(port: int, pid: int, users: list[str], rate: float, publishers: int,
     return window(pid, tally, 1, run)
 
 
-def background(pid: int, seconds: float) -> dict[str, Any]:
+def background(pid: int, seconds: float, profile: Path | None = None) -> dict[str, Any]:
     """The worker's CPU while nothing is published: pings, collector, presence."""
     before, started = sample_process(pid).cpu_seconds, time.monotonic()
+    profiler = start_profiler(pid, seconds - 1, profile) if profile is not None else None
     gevent.sleep(seconds)
     cpu = sample_process(pid).cpu_seconds - before
+    if profiler is not None:
+        profiler.wait(timeout=30)
     elapsed = time.monotonic() - started
     return {"seconds": round(elapsed, 1), "server_cpu_seconds": round(cpu, 3),
             "server_cpu_percent": round(100 * cpu / elapsed, 2)}
@@ -300,7 +303,8 @@ def run_server(name: str, args: argparse.Namespace) -> dict[str, Any]:
             result["idle_open_seconds"] = round(time.monotonic() - opened_at, 1)
             result["idle_rss_mib"] = round(sample_process(pid).rss_bytes / 2**20, 1)
             gevent.sleep(3)  # let the opening burst's work (logs, collector) settle
-            result["background"] = background(pid, args.idle_seconds)
+            profile = (Path(args.profile) / f"{name}-background.txt") if args.profile else None
+            result["background"] = background(pid, args.idle_seconds, profile)
             logger.info("%s background: %s", name, result["background"])
         result["paced"] = paced(server.port, pid, users, args.rate, args.publishers,
                                 args.duration, tally, index)
@@ -381,8 +385,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                         help="also run Callwire from this checkout (e.g. a git worktree of "
                              "an older commit) as server 'before', for before/after figures")
     parser.add_argument("--profile", metavar="DIR",
-                        help="also sample each worker with py-spy while saturated (collapsed "
-                             "stacks in DIR; summarise with python -m bench.profile_top)")
+                        help="also sample each worker with py-spy while saturated and while "
+                             "idle (collapsed stacks in DIR; python -m bench.profile_top)")
     args = parser.parse_args(argv)
     quiet_generator_gc()
     raise_fd_limit(args.users + args.idle + 1000)
