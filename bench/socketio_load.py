@@ -65,6 +65,8 @@ HOST = "127.0.0.1"
 PATH = "/socket.io/?EIO=4&transport="
 #: Seconds the worker's CPU is measured while the clients are held and nothing is published.
 IDLE_WINDOW = 5.0
+#: Both servers' Engine.IO pingInterval (Callwire's default WS_PING_INTERVAL; the peer's).
+PING_INTERVAL = 25
 
 
 def auth_for(email: str) -> dict[str, Any]:
@@ -417,7 +419,10 @@ def measure(name: str, server: LiveServer, args: argparse.Namespace) -> dict[str
     opened_in = time.monotonic() - started
     gevent.sleep(args.settle)
     after = sample_process(pid).rss_bytes
-    # What holding them costs: pings and pongs (every pingInterval), timers, the collector.
+    # What holding them costs: pings and pongs, timers, the collector. Measured (and
+    # events published) once every client has had its first ping: pingInterval after
+    # the last one opened.
+    gevent.sleep(max(0.0, started + opened_in + PING_INTERVAL + 1 - time.monotonic()))
     meter = CpuMeter(pid)
     profiler = profiled(args, pid, name, "idle", IDLE_WINDOW - 1)
     gevent.sleep(IDLE_WINDOW)

@@ -92,6 +92,10 @@ ADDRESS_KEY = "callwire.address"
 #: What :meth:`EngineWebSocket.wait` returns when Engine.IO queued something to send.
 WAKE = object()
 
+#: What the libraries' packet decoders raise on garbage (a deep JSON array is a
+#: RecursionError; UnicodeDecodeError and binascii.Error are ValueErrors).
+UNDECODABLE = (ValueError, KeyError, IndexError, TypeError, RecursionError)
+
 #: The Engine.IO packet type that carries a Socket.IO packet, as sent.
 EIO_MESSAGE = str(eio_packet.MESSAGE)
 
@@ -319,7 +323,7 @@ class CallwireEngineSocket(engineio.socket.Socket):
         try:
             # UnicodeDecodeError and binascii.Error are ValueErrors too.
             packets = engineio.payload.Payload(encoded_payload=body.decode("utf-8")).packets
-        except (ValueError, KeyError, IndexError, TypeError, RecursionError) as problem:
+        except UNDECODABLE as problem:
             logger.info("engine.io %s: invalid polling body (%s)", self.sid, problem)
             raise InvalidPayload(str(problem)) from None
         for pkt in packets:
@@ -359,7 +363,7 @@ class CallwireEngineSocket(engineio.socket.Socket):
                     self.receive(pkt)
                 except engineio.exceptions.SocketIsClosedError:
                     break
-                except (ValueError, IndexError, engineio.exceptions.UnknownPacketError):
+                except (*UNDECODABLE, engineio.exceptions.UnknownPacketError):
                     logger.info("engine.io %s: invalid packet, closing the transport", self.sid)
                     reason = server.reason.TRANSPORT_ERROR
                     break
@@ -664,7 +668,7 @@ class SocketIOLayer(socketio.Server):
             return
         try:
             pkt = self.packet_class(encoded_packet=data)
-        except (ValueError, TypeError, IndexError, RecursionError) as problem:
+        except UNDECODABLE as problem:
             self._refuse_format(eio_sid, f"undecodable packet ({problem})")
             return
         kind = pkt.packet_type
