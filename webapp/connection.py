@@ -215,7 +215,8 @@ class Connection:
         self._queued_bytes = 0
         #: This client's place under the handshake caps (``webapp.admission``), if any.
         self.admission: Ticket | None = None
-        self._writer: gevent.Greenlet | None = None
+        #: Who runs :meth:`_drain` now (a greenlet, or what a transport chose), or None.
+        self._writer: Any = None
         #: (queued at, UTF-8 size) of a frame written in part at once, which the writer finishes.
         self._unfinished: tuple[float | None, int] | None = None
         self._closed = False
@@ -348,7 +349,7 @@ class Connection:
                     # The kernel took part of it: the writer finishes it first.
                     self._unfinished = (queued_at, size)
                     self._queued_bytes += size
-                    self._writer = gevent.spawn(self._drain)
+                    self._start_writer()
                 elif queued_at is not None:
                     metrics.DELIVERY_LATENCY.observe(time.monotonic() - queued_at)
                     metrics.EVENTS_DELIVERED.inc()
@@ -357,8 +358,12 @@ class Connection:
         self._queued_bytes += size
         metrics.note_queue_depth(len(self._queue))
         if self._writer is None:
-            self._writer = gevent.spawn(self._drain)
+            self._start_writer()
         return True
+
+    def _start_writer(self) -> None:
+        """Have :meth:`_drain` run soon and set ``_writer`` until it has (a greenlet here)."""
+        self._writer = gevent.spawn(self._drain)
 
     def _drain(self) -> None:
         """Write queued frames until the queue is empty, then let the greenlet end."""
