@@ -328,6 +328,18 @@ def test_openapi_declares_both_security_schemes(client):
     assert "401" in paths[TEST_URL]["post"]["responses"]
 
 
+def test_the_publish_endpoint_keeps_every_documented_answer(client):
+    """Its decorators are applied for their documentation only (``doc_only``): none is lost."""
+    publish = client.get("/openapi.json").get_json()["paths"][EVENTS_URL]["post"]
+    assert sorted(publish["responses"]) == [
+        "200", "400", "401", "408", "409", "413", "503", "default"]
+    assert publish["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/PublishAnswer"}
+    assert publish["responses"]["503"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/PublishFailure"}
+    assert publish["requestBody"]["required"] is True
+
+
 def test_docs_work_offline(client):
     response = client.get("/docs")
     assert response.status_code == 200
