@@ -292,6 +292,100 @@ class _HubRelay:
                     logger.exception("redis broker: node call failed")
 
 
+class _Read:
+    """One script call waiting for its turn in a :class:`_ReadBatcher` pipeline."""
+
+    __slots__ = ("script", "keys", "args", "done", "reply", "error")
+
+    def __init__(self, script: Any, keys: list[str], args: list[Any]) -> None:
+        self.script, self.keys, self.args = script, keys, args
+        self.done = threading.Event()
+        self.reply: Any = None
+        self.error: BaseException | None = None
+
+
+class _ReadBatcher:
+    """Send the history reads of concurrent inits to Redis together, as one pipeline.
+
+    In a reconnect storm thousands of inits read history at once; each on its
+    own took a pooled connection until its greenlet got its turn again, so
+    with a saturated loop the pool stayed busy and inits were refused with
+    1013 although Redis was idle, and each read paid redis-py's per-command
+    cost (issue 12). Here one thread (a greenlet under gevent) takes every
+    read waiting, sends them in one pipeline on one connection, and hands
+    each caller its reply or error; reads arriving meanwhile form the next
+    batch. Errors are the caller's to map (``RedisBroker._available``), as if
+    it had run the command itself.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._pending: deque[_Read] = deque()
+        self._thread: threading.Thread | None = None
+        self._pid: int | None = None
+        self._stopping = False
+
+    def call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """Run ``script`` with ``keys`` and ``args`` in the next batch; return its reply."""
+        read = _Read(script, keys, args)
+        with self._lock:
+            self._pending.append(read)
+            self._stopping = False
+            if self._pid != os.getpid() or self._thread is None or not self._thread.is_alive():
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._run, name="callwire-redis-reads",
+                                                daemon=True)
+                self._thread.start()
+        self._wake.set()
+        read.done.wait()
+        if read.error is not None:
+            # Several callers may raise the same error: no traceback piles up on it.
+            raise read.error.with_traceback(None)
+        return read.reply
+
+    def stop(self) -> None:
+        """Let the thread end once nothing is waiting (a later call starts a new one)."""
+        self._stopping = True
+        self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            while True:
+                with self._lock:
+                    batch = list(self._pending)
+                    self._pending.clear()
+                    if not batch:
+                        if self._stopping:
+                            self._thread = None
+                            return
+                        break
+                self._send(batch)
+
+    def _send(self, batch: list[_Read]) -> None:
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for read in batch:
+                read.script(keys=read.keys, args=read.args, client=pipe)
+            replies = pipe.execute(raise_on_error=False)
+        except BaseException as error:  # noqa: BLE001 - every caller must hear of it
+            for read in batch:
+                read.error = error
+                read.done.set()
+            if not isinstance(error, Exception):
+                raise
+            return
+        for read, reply in zip(batch, replies, strict=True):
+            if isinstance(reply, Exception):
+                read.error = reply
+            else:
+                read.reply = reply
+            read.done.set()
+
+
 def _worker_name() -> str:
     host = socket.gethostname().replace(":", "-")[:40]
     return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
@@ -335,6 +429,8 @@ class RedisBroker(Broker):
         self._count_script = self._redis.register_script(redis_scripts.COUNT)
         self._history_script = self._redis.register_script(redis_scripts.HISTORY)
         self._snapshot_script = self._redis.register_script(redis_scripts.SNAPSHOT)
+        #: The history reads of inits (history_since, snapshot), batched.
+        self._reads = _ReadBatcher(self._redis)
         self._worker = _worker_name()
         self._node: Node | None = None
         #: How the listener calls the node: directly, or through a _HubRelay.
@@ -373,6 +469,7 @@ class RedisBroker(Broker):
     def stop(self) -> None:
         self._stopping.set()
         self._presence_wake.set()
+        self._reads.stop()
         for thread in self._threads:
             thread.join(timeout=2 * LISTENER_POLL_SECONDS + self._command_timeout)
         self._threads = []
@@ -450,10 +547,11 @@ class RedisBroker(Broker):
         well_formed = (isinstance(last_event_id, str) and len(last_event_id) == 16
                        and event_id_order(last_event_id) >= 0)
         with self._available("history_since"):
-            reply = self._history_script(
-                keys=[history_key(user_id), _last_key(user_id)],
-                args=[last_event_id if well_formed else "0", self._history_ttl,
-                      "1" if well_formed else "0"],
+            reply = self._reads.call(
+                self._history_script,
+                [history_key(user_id), _last_key(user_id)],
+                [last_event_id if well_formed else "0", self._history_ttl,
+                 "1" if well_formed else "0"],
             )
         latest = _text(reply[0])
         if not int(reply[1]):
@@ -462,9 +560,10 @@ class RedisBroker(Broker):
 
     def snapshot(self, user_id: str) -> Snapshot:
         with self._available("snapshot"):
-            reply = self._snapshot_script(
-                keys=[history_key(user_id), _last_key(user_id), _open_key(user_id)],
-                args=[self._history_ttl],
+            reply = self._reads.call(
+                self._snapshot_script,
+                [history_key(user_id), _last_key(user_id), _open_key(user_id)],
+                [self._history_ttl],
             )
         latest = _text(reply[0])
         if latest is None:
