@@ -295,11 +295,13 @@ class _HubRelay:
 class _Read:
     """One script call waiting for its turn in a :class:`_ReadBatcher` pipeline."""
 
-    __slots__ = ("script", "keys", "args", "done", "reply", "error")
+    __slots__ = ("script", "keys", "args", "wake", "answered", "reply", "error")
 
     def __init__(self, script: Any, keys: list[str], args: list[Any]) -> None:
         self.script, self.keys, self.args = script, keys, args
-        self.done = threading.Event()
+        #: Set when answered, or when this caller may have to send the next batch.
+        self.wake = threading.Event()
+        self.answered = False
         self.reply: Any = None
         self.error: BaseException | None = None
 
@@ -311,79 +313,71 @@ class _ReadBatcher:
     own took a pooled connection until its greenlet got its turn again, so
     with a saturated loop the pool stayed busy and inits were refused with
     1013 although Redis was idle, and each read paid redis-py's per-command
-    cost (issue 12). Here one thread (a greenlet under gevent) takes every
-    read waiting, sends them in one pipeline on one connection, and hands
-    each caller its reply or error; reads arriving meanwhile form the next
-    batch. Errors are the caller's to map (``RedisBroker._available``), as if
-    it had run the command itself.
+    cost (issue 12). Here a caller that finds no batch in flight sends every
+    read waiting, its own included, in one pipeline on one connection, and
+    hands each caller its reply or error. Reads that arrive meanwhile wait:
+    the next caller to arrive sends them with its own, or, if none comes,
+    the first of them is woken to do it. Nobody waits for a helper greenlet
+    to be scheduled (a wake-up queued behind thousands of new connections
+    took seconds). Errors are the caller's to map (``RedisBroker._available``),
+    as if it had run the command itself.
     """
 
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
         self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._pending: deque[_Read] = deque()
-        self._thread: threading.Thread | None = None
-        self._pid: int | None = None
-        self._stopping = False
+        self._pending: list[_Read] = []
+        self._sending = False
 
     def call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         """Run ``script`` with ``keys`` and ``args`` in the next batch; return its reply."""
         read = _Read(script, keys, args)
         with self._lock:
             self._pending.append(read)
-            self._stopping = False
-            if self._pid != os.getpid() or self._thread is None or not self._thread.is_alive():
-                self._pid = os.getpid()
-                self._thread = threading.Thread(target=self._run, name="callwire-redis-reads",
-                                                daemon=True)
-                self._thread.start()
-        self._wake.set()
-        read.done.wait()
+        while True:
+            with self._lock:
+                lead = not read.answered and not self._sending
+                if lead:
+                    self._sending = True
+                    batch, self._pending = self._pending, []
+            if lead:
+                self._send(batch)
+            else:
+                read.wake.wait()
+                read.wake.clear()
+            if read.answered:
+                break
         if read.error is not None:
             # Several callers may raise the same error: no traceback piles up on it.
             raise read.error.with_traceback(None)
         return read.reply
-
-    def stop(self) -> None:
-        """Let the thread end once nothing is waiting (a later call starts a new one)."""
-        self._stopping = True
-        self._wake.set()
-
-    def _run(self) -> None:
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            while True:
-                with self._lock:
-                    batch = list(self._pending)
-                    self._pending.clear()
-                    if not batch:
-                        if self._stopping:
-                            self._thread = None
-                            return
-                        break
-                self._send(batch)
 
     def _send(self, batch: list[_Read]) -> None:
         try:
             pipe = self._client.pipeline(transaction=False)
             for read in batch:
                 read.script(keys=read.keys, args=read.args, client=pipe)
-            replies = pipe.execute(raise_on_error=False)
+            replies: list[Any] = pipe.execute(raise_on_error=False)
         except BaseException as error:  # noqa: BLE001 - every caller must hear of it
-            for read in batch:
-                read.error = error
-                read.done.set()
+            replies = [error] * len(batch)
             if not isinstance(error, Exception):
+                self._answer(batch, replies)
                 raise
-            return
+        self._answer(batch, replies)
+
+    def _answer(self, batch: list[_Read], replies: list[Any]) -> None:
+        with self._lock:
+            self._sending = False
+            following = self._pending[0] if self._pending else None
         for read, reply in zip(batch, replies, strict=True):
-            if isinstance(reply, Exception):
+            if isinstance(reply, BaseException):
                 read.error = reply
             else:
                 read.reply = reply
-            read.done.set()
+            read.answered = True
+            read.wake.set()
+        if following is not None:
+            following.wake.set()  # send the reads that came meanwhile, unless a newcomer does
 
 
 def _worker_name() -> str:
@@ -469,7 +463,6 @@ class RedisBroker(Broker):
     def stop(self) -> None:
         self._stopping.set()
         self._presence_wake.set()
-        self._reads.stop()
         for thread in self._threads:
             thread.join(timeout=2 * LISTENER_POLL_SECONDS + self._command_timeout)
         self._threads = []
