@@ -119,10 +119,13 @@ def test_inits_that_arrive_together_are_not_refused_for_a_busy_local_pool(server
 
 def test_a_deploy_storm_loses_nothing_and_everyone_comes_back(tmp_path):
     require_tool("redis-server")
+    # A fifth of them are socket.io clients: they reconnect by themselves (socket.io-client's
+    # backoff) after the transport closes, and resume with lastEventId in their auth.
     result = run_storm(clients=300, rate=100.0, sigterm_at=5.0, settle=2.0,
-                       connect_concurrency=100, back_timeout=25.0, workdir=tmp_path)
+                       connect_concurrency=100, back_timeout=25.0, workdir=tmp_path,
+                       socketio_share=0.2)
     summary = {k: result[k] for k in ("back", "never_back", "gave_up", "acknowledged", "lost",
-                                      "duplicates", "out_of_order", "closes_after_sigterm")}
+                                      "duplicates", "out_of_order", "by_transport")}
     assert result["connected_before_sigterm"] == 300, summary
     assert result["never_back"] == 0, summary
     assert result["gave_up"] == 0, summary
@@ -131,4 +134,10 @@ def test_a_deploy_storm_loses_nothing_and_everyone_comes_back(tmp_path):
     assert result["duplicates"] == 0, summary
     assert result["out_of_order"] == 0, summary
     assert result["tracebacks_old"] == [] and result["tracebacks_new"] == [], result
-    assert result["closes_after_sigterm"].get("1012") == 300, summary
+    raw, sio = result["by_transport"]["websocket"], result["by_transport"]["socket.io"]
+    assert raw["clients"] == 240 and sio["clients"] == 60, summary
+    assert raw["closes_after_sigterm"].get("1012") == 240, summary
+    assert sio["closes_after_sigterm"].get("transport close") == 60, summary
+    assert sio["back"] == 60 and sio["lost"] == 0, summary
+    resumed = result["resumed_after_sigterm"]
+    assert resumed["not_recovered"] == 0 and resumed["recovered"] > 0, summary
