@@ -8,7 +8,8 @@ peer ``bench/flask_socketio_peer.py`` under the same gunicorn gevent worker):
 2. while they are held, ``--rate`` events/s, one per POST, each to a random
    held client: publish-to-arrival latency (p50 / p99 / max);
 3. one event per POST as fast as ``--publishers`` keep-alive publishers go,
-   to 20 receiving clients: events/s delivered;
+   to ``--receivers`` receiving clients (default 20): events/s delivered and
+   the worker's CPU per event;
 4. (Callwire) ``--polling`` idle long-polling clients held by the worker,
    with events at ``--rate`` to random ones: latency again.
 
@@ -54,6 +55,7 @@ from bench.rawws import (
     HandshakeError,
     RawClient,
 )
+from bench.side_by_side import start_profiler
 from tests.support.net import free_port, wait_for_port
 from tests.support.server import ARTIFACTS, ROOT, LiveServer
 from tests.support.tokens import emulator_token
@@ -61,6 +63,10 @@ from tests.support.tokens import emulator_token
 logger = logging.getLogger("bench.socketio")
 HOST = "127.0.0.1"
 PATH = "/socket.io/?EIO=4&transport="
+#: Seconds the worker's CPU is measured while the clients are held and nothing is published.
+IDLE_WINDOW = 5.0
+#: Both servers' Engine.IO pingInterval (Callwire's default WS_PING_INTERVAL; the peer's).
+PING_INTERVAL = 25
 
 
 def auth_for(email: str) -> dict[str, Any]:
@@ -343,10 +349,13 @@ def paced_events(port: int, users: list[str], rate: float, seconds: float,
             "latency": percentiles(arrivals.samples)}
 
 
-def throughput(port: int, pid: int, seconds: float, publishers: int) -> dict[str, Any]:
-    """One event per POST, as fast as ``publishers`` go, to 20 receivers: events/s delivered."""
+def throughput(port: int, pid: int, seconds: float, publishers: int,
+               receiver_count: int) -> dict[str, Any]:
+    """One event per POST, as fast as ``publishers`` go, to ``receiver_count`` receivers:
+    events/s delivered."""
     arrivals = Arrivals()
-    receivers, errors = open_clients(SioWebSocketClient, port, 20, "tp", 20, arrivals)
+    receivers, errors = open_clients(SioWebSocketClient, port, receiver_count, "tp", 50,
+                                     arrivals)
     users = [c.user_id for c in receivers]
     if not users:
         return {"open_errors": len(errors), "error_sample": errors[:3]}
@@ -367,16 +376,34 @@ def throughput(port: int, pid: int, seconds: float, publishers: int) -> dict[str
             published += status == 200
 
     meter = CpuMeter(pid)
+    cpu_before = sample_process(pid).cpu_seconds
     started = time.monotonic()
     gevent.joinall([gevent.spawn(publish_loop, i) for i in range(publishers)])
     elapsed = time.monotonic() - started
-    cpu = meter.percent()
+    cpu = cpu_per_event(meter, pid, cpu_before, published)
     gevent.sleep(1.0)
     for client in receivers:
         client.close()
     return {"events_per_s": round(len(arrivals.samples) / elapsed), "published": published,
             "received": len(arrivals.samples), "latency": percentiles(arrivals.samples),
             "open_errors": len(errors), "error_sample": errors[:3], "cpu": cpu}
+
+
+def cpu_per_event(meter: CpuMeter, pid: int, cpu_before: float, events: int) -> dict[str, float]:
+    """The meter's CPU percentages, and the worker's CPU microseconds per event since
+    ``cpu_before`` (pings, idle clients and the POSTs included)."""
+    cpu = meter.percent()
+    used = sample_process(pid).cpu_seconds - cpu_before
+    cpu["server_cpu_us_per_event"] = round(1e6 * used / max(1, events), 1)
+    return cpu
+
+
+def profiled(args: argparse.Namespace, pid: int, name: str, phase: str,
+             seconds: float) -> subprocess.Popen | None:
+    """With ``--profile DIR``: sample the worker with py-spy during one phase."""
+    if args.profile is None:
+        return None
+    return start_profiler(pid, seconds, args.profile / f"{name}-{phase}.txt")
 
 
 def measure(name: str, server: LiveServer, args: argparse.Namespace) -> dict[str, Any]:
@@ -392,6 +419,16 @@ def measure(name: str, server: LiveServer, args: argparse.Namespace) -> dict[str
     opened_in = time.monotonic() - started
     gevent.sleep(args.settle)
     after = sample_process(pid).rss_bytes
+    # What holding them costs: pings and pongs, timers, the collector. Measured (and
+    # events published) once every client has had its first ping: pingInterval after
+    # the last one opened.
+    gevent.sleep(max(0.0, started + opened_in + PING_INTERVAL + 1 - time.monotonic()))
+    meter = CpuMeter(pid)
+    profiler = profiled(args, pid, name, "idle", IDLE_WINDOW - 1)
+    gevent.sleep(IDLE_WINDOW)
+    idle_cpu = meter.percent()
+    if profiler is not None:
+        profiler.wait(timeout=30)
     alive = sum(1 for c in held if c.alive)
     result["idle"] = {
         "connections": len(held), "open_errors": len(errors), "error_sample": errors[:3],
@@ -399,18 +436,28 @@ def measure(name: str, server: LiveServer, args: argparse.Namespace) -> dict[str
         "rss_mib_before": round(before / 2**20, 1), "rss_mib_after": round(after / 2**20, 1),
         "kib_per_connection": round((after - before) / 1024 / max(1, len(held)), 1),
         "deflate_accepted": sum(1 for c in held if c.extensions),
+        "cpu_while_idle": idle_cpu,
     }
     logger.info("%s idle: %s", name, result["idle"])
     meter = CpuMeter(pid)
     users = [c.user_id for c in held]
+    profiler = profiled(args, pid, name, "held", args.hold - 1)
+    cpu_before = sample_process(pid).cpu_seconds
     result["events_while_held"] = paced_events(server.port, users, args.rate, args.hold, arrivals)
-    result["events_while_held"]["cpu"] = meter.percent()
+    result["events_while_held"]["cpu"] = cpu_per_event(
+        meter, pid, cpu_before, result["events_while_held"]["published"])
+    if profiler is not None:
+        profiler.wait(timeout=30)
     result["events_while_held"]["still_alive"] = sum(1 for c in held if c.alive)
     logger.info("%s events while held: %s", name, result["events_while_held"])
     for client in held + warm:
         client.close()
     gevent.sleep(args.settle * 4)  # the server processes 10,000 disconnects
-    result["throughput_single"] = throughput(server.port, pid, args.duration, args.publishers)
+    profiler = profiled(args, pid, name, "single", args.duration - 1)
+    result["throughput_single"] = throughput(server.port, pid, args.duration, args.publishers,
+                                            args.receivers)
+    if profiler is not None:
+        profiler.wait(timeout=30)
     logger.info("%s throughput: %s", name, result["throughput_single"])
     if args.polling and name == "callwire":
         arrivals = Arrivals()
@@ -419,9 +466,13 @@ def measure(name: str, server: LiveServer, args: argparse.Namespace) -> dict[str
         gevent.sleep(args.settle)
         rss = sample_process(pid).rss_bytes
         meter = CpuMeter(pid)
+        profiler = profiled(args, pid, name, "polling", args.hold - 1)
+        cpu_before = sample_process(pid).cpu_seconds
         events = paced_events(server.port, [c.user_id for c in polling], args.rate,
                               args.hold, arrivals)
-        events["cpu"] = meter.percent()
+        events["cpu"] = cpu_per_event(meter, pid, cpu_before, events["published"])
+        if profiler is not None:
+            profiler.wait(timeout=30)
         result["polling"] = {"clients": len(polling), "open_errors": len(errors),
                              "error_sample": errors[:3], "rss_mib": round(rss / 2**20, 1),
                              "still_alive": sum(1 for c in polling if c.alive), **events}
@@ -440,15 +491,21 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=3.0)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--publishers", type=int, default=4)
+    parser.add_argument("--receivers", type=int, default=20,
+                        help="clients that receive the one-event-per-POST phase")
     parser.add_argument("--polling", type=int, default=1000)
     parser.add_argument("--skip-peer", action="store_true")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="sample the worker with py-spy in each phase into DIR "
+                             "(collapsed stacks; python -m bench.profile_top DIR/*.txt)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     # Phases run one after the other: the idle clients are closed before the polling ones.
     raise_fd_limit(max(args.connections, 2 * args.polling) + 500)
     quiet_generator_gc()
     results = {"uptime_before": subprocess.run(["uptime"], capture_output=True,
-                                               text=True).stdout.strip(), "args": vars(args)}
+                                               text=True).stdout.strip(), "args": {
+        k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
     callwire = start_bench_server({"EVENTS_API_KEY": "bench-events-key"})
     try:
         results["callwire"] = measure("callwire", callwire, args)

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Callable, Iterator
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from tests.support import server as live_servers
 from tests.support.redis_server import RedisServer
 from tests.support.server import LiveServer, start_server
 from tests.support.socketio_fixtures import node_clients, py_clients  # noqa: F401 - fixtures
 from tests.support.wsclient import Client
+
+# CI replays the same property-test cases every run (a red CI run is then a
+# change in the code, not a new draw); a local run keeps exploring new cases.
+hypothesis_settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("ci")
 
 
 @pytest.fixture(scope="session")

@@ -13,41 +13,8 @@ import pytest
 import requests
 import websocket
 
-from tests.support.socketio_fixtures import event_body, new_user
+from tests.support.socketio_fixtures import SEPARATOR, Polling, event_body, new_user
 from tests.support.tokens import emulator_token
-
-SEPARATOR = "\x1e"
-
-
-class Polling:
-    """One Engine.IO long-polling session, spoken by hand."""
-
-    def __init__(self, http: str) -> None:
-        self.base = f"{http}/socket.io/?EIO=4&transport=polling"
-        opened = requests.get(self.base, timeout=5)
-        assert opened.status_code == 200 and opened.text.startswith("0{")
-        self.sid = json.loads(opened.text[1:])["sid"]
-        self.url = f"{self.base}&sid={self.sid}"
-
-    def post(self, body: str | bytes) -> requests.Response:
-        return requests.post(self.url, data=body, timeout=5,
-                             headers={"Content-Type": "text/plain;charset=UTF-8"})
-
-    def get(self) -> list[str]:
-        answer = requests.get(self.url, timeout=10)
-        assert answer.status_code == 200, answer.text
-        return answer.text.split(SEPARATOR)
-
-    def join(self, user: str) -> None:
-        """Connect to namespace ``/`` as ``user`` and read up to the ``connected`` event."""
-        assert self.post("40" + json.dumps({"token": emulator_token(user)})).status_code == 200
-        packets = []
-        while not any(p.startswith('42["connected"') for p in packets):
-            packets += self.get()
-        assert packets[0].startswith("40{")
-
-    def events(self) -> list[list]:
-        return [json.loads(p[2:]) for p in self.get() if p.startswith("42")]
 
 
 @pytest.fixture

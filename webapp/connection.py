@@ -178,7 +178,8 @@ class Connection:
         self._queued_bytes = 0
         #: This client's place under the handshake caps (``webapp.admission``), if any.
         self.admission: Ticket | None = None
-        self._writer: gevent.Greenlet | None = None
+        #: Who runs :meth:`_drain` now (a greenlet, or what a transport chose), or None.
+        self._writer: Any = None
         self._closed = False
         #: Live events held back while history is read, or None when live.
         self._seam: list[tuple[str, str | None, str | None]] | None = None
@@ -299,8 +300,12 @@ class Connection:
         self._queued_bytes += size
         metrics.note_queue_depth(len(self._queue))
         if self._writer is None:
-            self._writer = gevent.spawn(self._drain)
+            self._start_writer()
         return True
+
+    def _start_writer(self) -> None:
+        """Have :meth:`_drain` run soon and set ``_writer`` until it has (a greenlet here)."""
+        self._writer = gevent.spawn(self._drain)
 
     def _drain(self) -> None:
         """Write queued frames until the queue is empty, then let the greenlet end."""

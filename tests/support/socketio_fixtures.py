@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import queue
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import requests
 import socketio
 
 from tests.support.sioclient import NodeSocketIO, node_ready
+from tests.support.tokens import emulator_token
 
 
 def new_user(name: str = "user") -> str:
@@ -20,6 +23,40 @@ def new_user(name: str = "user") -> str:
 def event_body(user: str, call_id: str, status: str, **data: Any) -> dict[str, Any]:
     """Build a publish body; the call id is made unique to the user (calls have one owner)."""
     return {"callId": f"{call_id}-{user}", "userId": user, "status": status, "data": data}
+
+
+SEPARATOR = "\x1e"
+
+
+class Polling:
+    """One Engine.IO long-polling session, spoken by hand."""
+
+    def __init__(self, http: str) -> None:
+        self.base = f"{http}/socket.io/?EIO=4&transport=polling"
+        opened = requests.get(self.base, timeout=5)
+        assert opened.status_code == 200 and opened.text.startswith("0{")
+        self.sid = json.loads(opened.text[1:])["sid"]
+        self.url = f"{self.base}&sid={self.sid}"
+
+    def post(self, body: str | bytes) -> requests.Response:
+        return requests.post(self.url, data=body, timeout=5,
+                             headers={"Content-Type": "text/plain;charset=UTF-8"})
+
+    def get(self) -> list[str]:
+        answer = requests.get(self.url, timeout=10)
+        assert answer.status_code == 200, answer.text
+        return answer.text.split(SEPARATOR)
+
+    def join(self, user: str) -> None:
+        """Connect to namespace ``/`` as ``user`` and read up to the ``connected`` event."""
+        assert self.post("40" + json.dumps({"token": emulator_token(user)})).status_code == 200
+        packets = []
+        while not any(p.startswith('42["connected"') for p in packets):
+            packets += self.get()
+        assert packets[0].startswith("40{")
+
+    def events(self) -> list[list]:
+        return [json.loads(p[2:]) for p in self.get() if p.startswith("42")]
 
 
 @pytest.fixture

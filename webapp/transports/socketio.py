@@ -92,7 +92,18 @@ ADDRESS_KEY = "callwire.address"
 #: What :meth:`EngineWebSocket.wait` returns when Engine.IO queued something to send.
 WAKE = object()
 
+#: What the libraries' packet decoders raise on garbage (a deep JSON array is a
+#: RecursionError; UnicodeDecodeError and binascii.Error are ValueErrors).
+UNDECODABLE = (ValueError, KeyError, IndexError, TypeError, RecursionError)
+
+#: The Engine.IO packet type that carries a Socket.IO packet, as sent.
+EIO_MESSAGE = str(eio_packet.MESSAGE)
+
 _decoder = json.JSONDecoder()
+
+#: The last frame :func:`event_packet` turned into a packet, and that packet: the
+#: connections of one user are written one after the other with the same frame.
+_last_packet: tuple[str, str] = ("", "")
 
 
 def event_packet(frame: str) -> str:
@@ -101,8 +112,19 @@ def event_packet(frame: str) -> str:
     The event name is the message's ``event`` (call events, test messages) or
     ``type`` (connected, error, pong, authenticated); frames come from
     :func:`webapp.protocol.encode`, so the name is read off the frame's first
-    key instead of decoding the whole frame again.
+    key instead of decoding the whole frame again, and once per frame, not
+    once per connection it is written to.
     """
+    global _last_packet
+    last_frame, packet = _last_packet
+    if frame is last_frame:
+        return packet
+    packet = _event_packet(frame)
+    _last_packet = (frame, packet)
+    return packet
+
+
+def _event_packet(frame: str) -> str:
     for prefix in ('{"event":"', '{"type":"'):
         if frame.startswith(prefix):
             start = len(prefix) - 1
@@ -219,26 +241,61 @@ class CallwireEngineSocket(engineio.socket.Socket):
     """
 
     _ping_timer: Any = None
+    #: Set by the ping timer for the WebSocket loop to send the ping (:meth:`_flush`).
+    _ping_pending = False
     #: This session's place under the handshake caps (``webapp.admission``).
     admission: Ticket | None = None
+    #: The WebSocket while its loop serves this session (after the upgrade), else None.
+    websocket: EngineWebSocket | None = None
+    #: The Socket.IO client (namespace ``/``) on this session, once connected.
+    connection: SocketIOConnection | None = None
 
     def schedule_ping(self) -> None:
         """Ping after ``pingInterval`` from a loop timer, not a sleeping greenlet per socket."""
         if self.last_ping:
             self.last_ping = None
-            timer = gevent.get_hub().loop.timer(self.server.ping_interval)
-            self._ping_timer = timer
-            timer.start(self._ping_due)
+            self._start_timer(self.server.ping_interval, self._ping_due)
+
+    def _start_timer(self, seconds: float, callback: Callable[[], None]) -> None:
+        """(Re)start this socket's one timer: the next ping, or the pong it waits for."""
+        timer = self._ping_timer
+        if timer is not None:
+            timer.stop()
+        timer = gevent.get_hub().loop.timer(seconds)
+        self._ping_timer = timer
+        timer.start(callback)
+
+    def _pong_overdue(self) -> None:
+        """No pong within ``pingTimeout`` of the ping: the client is gone.
+
+        The library finds such clients with a task that visits every socket
+        once per ``pingTimeout`` (at 10,000 sockets, a wake-up every 2 ms:
+        about 10 % of a core); this socket's own timer does it
+        (``monitor_clients=False``), and on time.
+        """
+        self._ping_timer = None
+        if self.last_ping and not self.closing and not self.closed:
+            # Runs in the hub: closing runs handlers.
+            gevent.spawn(self.close, wait=False, abort=False,
+                         reason=self.server.reason.PING_TIMEOUT)
 
     def _ping_due(self) -> None:
         self._ping_timer = None
-        # Runs in the hub: sending may close a timed-out socket, which runs handlers.
-        gevent.spawn(self._send_ping_now)
+        # Runs in the hub: sending may close a timed-out socket, which runs handlers,
+        # so the WebSocket loop sends it, or (long-polling) a greenlet.
+        ws = self.websocket
+        if ws is not None:
+            self._ping_pending = True
+            ws.wake()
+        else:
+            gevent.spawn(self._send_ping_now)
 
     def _send_ping_now(self) -> None:
         if not self.closing and not self.closed:
             self.last_ping = time.time()
             self.send(eio_packet.Packet(eio_packet.PING))
+            if not self.closed:
+                self._start_timer(self.server.ping_timeout, self._pong_overdue)
 
     def close(self, wait: bool = True, abort: bool = False, reason: str | None = None) -> None:
         """Close without waiting for the client to drain the queue (it may never come back)."""
@@ -247,6 +304,10 @@ class CallwireEngineSocket(engineio.socket.Socket):
             timer.stop()
             self._ping_timer = None
         super().close(wait=False, abort=abort, reason=reason)
+        # The library's monitor task removed closed sockets; it does not run.
+        sockets = self.server.sockets
+        if self.closed and sockets.get(self.sid) is self:
+            del sockets[self.sid]
         if self.admission is not None:
             self.admission.release()
 
@@ -262,7 +323,7 @@ class CallwireEngineSocket(engineio.socket.Socket):
         try:
             # UnicodeDecodeError and binascii.Error are ValueErrors too.
             packets = engineio.payload.Payload(encoded_payload=body.decode("utf-8")).packets
-        except (ValueError, KeyError, IndexError, TypeError, RecursionError) as problem:
+        except UNDECODABLE as problem:
             logger.info("engine.io %s: invalid polling body (%s)", self.sid, problem)
             raise InvalidPayload(str(problem)) from None
         for pkt in packets:
@@ -288,6 +349,7 @@ class CallwireEngineSocket(engineio.socket.Socket):
             self.connected = True
             self.upgraded = True
         self.queue.waker = ws.wake
+        self.websocket = ws
         reason = server.reason.TRANSPORT_CLOSE
         try:
             while self._flush(ws):
@@ -301,23 +363,32 @@ class CallwireEngineSocket(engineio.socket.Socket):
                     self.receive(pkt)
                 except engineio.exceptions.SocketIsClosedError:
                     break
-                except (ValueError, IndexError, engineio.exceptions.UnknownPacketError):
+                except (*UNDECODABLE, engineio.exceptions.UnknownPacketError):
                     logger.info("engine.io %s: invalid packet, closing the transport", self.sid)
                     reason = server.reason.TRANSPORT_ERROR
                     break
         finally:
             self.queue.waker = None
+            self.websocket = None
+            if self.connection is not None:
+                self.connection.writer_gone(ws)
             self.close(wait=False, abort=True, reason=reason)
             ws.close()
         return []
 
     def _flush(self, ws: EngineWebSocket) -> bool:
-        """Write every queued packet; False once the socket closed or a write failed."""
+        """Write a due ping, every packet Engine.IO queued, then the Socket.IO client's
+        events; False once the socket closed or a write failed."""
+        if self._ping_pending:
+            self._ping_pending = False
+            self._send_ping_now()
         queue = self.queue
         while True:
             try:
                 pkt = queue.get(block=False)
             except gevent.queue.Empty:
+                if self.connection is not None:
+                    self.connection.write_pending(ws)
                 return True
             try:
                 if pkt is None:
@@ -432,28 +503,54 @@ class SocketIOConnection(Connection):
         self.write_timeout = write_timeout
         self.rules = ClientRules(layer.node, self)
         self.deadline_timer: Any = None
-        #: Set once the namespace's CONNECT packet is queued: writes wait for it,
-        #: so ``connected`` and history follow the client's ``connect`` event.
-        self._ready: gevent.event.Event | None = gevent.event.Event()
+        #: Set once the namespace's CONNECT packet is queued: nothing is written
+        #: before, so ``connected`` and history follow the client's ``connect`` event.
+        self._ready = False
 
     def mark_ready(self) -> None:
-        """Let writes through (the CONNECT or CONNECT_ERROR packet is queued)."""
-        ready, self._ready = self._ready, None
-        if ready is not None:
-            ready.set()
+        """Let writes through (the CONNECT packet is queued)."""
+        if not self._ready:
+            self._ready = True
+            if self._queue and self._writer is None:
+                self._start_writer()
 
     def send_now(self, frame: str) -> None:
         """Queue ``frame`` on Engine.IO directly, ahead of our queue (an end's last word)."""
         with contextlib.suppress(engineio.exceptions.SocketIsClosedError):
             self.eio_socket.send(eio_packet.Packet(eio_packet.MESSAGE, data=event_packet(frame)))
 
-    def _write(self, frame: str) -> None:
-        ready = self._ready
-        if ready is not None:
-            ready.wait(self.write_timeout)
-        if self._closed:
+    def _start_writer(self) -> None:
+        """Over WebSocket, the session's loop writes (:meth:`write_pending`); over
+        long-polling, a writer greenlet hands packets to Engine.IO's queue."""
+        if not self._ready:
+            return  # mark_ready starts it
+        ws = self.eio_socket.websocket
+        if ws is None:
+            super()._start_writer()
             return
-        self.eio_socket.send(eio_packet.Packet(eio_packet.MESSAGE, data=event_packet(frame)))
+        self._writer = ws
+        ws.wake()
+
+    def write_pending(self, ws: EngineWebSocket) -> None:
+        """Write the queue from the loop of ``ws``, if it was asked to (:meth:`_start_writer`)."""
+        if self._writer is ws:
+            self._drain()
+
+    def writer_gone(self, ws: EngineWebSocket) -> None:
+        """The loop of ``ws`` ended: it writes no more."""
+        if self._writer is ws:
+            self._writer = None
+
+    def _write(self, frame: str) -> None:
+        packet = event_packet(frame)
+        writer = self._writer
+        if isinstance(writer, EngineWebSocket):
+            # In the WebSocket's own loop: the Engine.IO MESSAGE packet, written now.
+            # A peer that stops reading blocks this write (WS_WRITE_TIMEOUT) while our
+            # bounded queue fills: either way it is closed as too slow.
+            writer.send(EIO_MESSAGE + packet)
+            return
+        self.eio_socket.send(eio_packet.Packet(eio_packet.MESSAGE, data=packet))
         queue = self.eio_socket.queue
         if queue.qsize() > EIO_BACKLOG and not queue.join(self.write_timeout):
             raise TimeoutError("Engine.IO queue did not drain: peer is not reading")
@@ -461,6 +558,28 @@ class SocketIOConnection(Connection):
     def _wake_session(self) -> None:
         # request_close runs in the hub's caller (a publish, a shutdown): end elsewhere.
         gevent.spawn(self.layer.end_requested, self)
+
+
+class Mount:
+    """``/socket.io/...`` to the Socket.IO server, every other request to the Flask app.
+
+    What the library's ``WSGIApp`` does for us, without its cost on every
+    request (it defines a class per request for eventlet, which we do not run):
+    about 4 % of the worker's CPU under a stream of one-event POSTs.
+    """
+
+    __slots__ = ("layer", "inner", "prefix")
+
+    def __init__(self, layer: Callable[..., Any], inner: Callable[..., Any], prefix: str) -> None:
+        self.layer = layer
+        self.inner = inner
+        self.prefix = prefix
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        path = environ.get("PATH_INFO")
+        if path is not None and path.startswith(self.prefix):
+            return self.layer(environ, start_response)
+        return self.inner(environ, start_response)
 
 
 class CallwireManager(socketio.Manager):
@@ -510,6 +629,9 @@ class SocketIOLayer(socketio.Server):
             ping_interval=max(1, round(settings.ping_interval)),
             ping_timeout=PING_TIMEOUT,
             max_http_buffer_size=settings.max_message_bytes,
+            # Each socket's own timer finds clients that stopped answering pings
+            # (CallwireEngineSocket._pong_overdue), not a task that visits them all.
+            monitor_clients=False,
             logger=library_logger,
             engineio_logger=library_logger,
             node=node,
@@ -527,9 +649,9 @@ class SocketIOLayer(socketio.Server):
     def _engineio_server_class(self) -> type[engineio.Server]:
         return CallwireEngineIO
 
-    def wsgi_app(self, inner: Callable[..., Any]) -> socketio.WSGIApp:
+    def wsgi_app(self, inner: Callable[..., Any]) -> Mount:
         """Return a WSGI app that serves ``/socket.io/`` here and everything else with ``inner``."""
-        return socketio.WSGIApp(self, inner, socketio_path=PATH)
+        return Mount(self.handle_request, inner, f"/{PATH}/")
 
     # -- library hooks ----------------------------------------------------------
 
@@ -546,7 +668,7 @@ class SocketIOLayer(socketio.Server):
             return
         try:
             pkt = self.packet_class(encoded_packet=data)
-        except (ValueError, TypeError, IndexError, RecursionError) as problem:
+        except UNDECODABLE as problem:
             self._refuse_format(eio_sid, f"undecodable packet ({problem})")
             return
         kind = pkt.packet_type
@@ -616,6 +738,7 @@ class SocketIOLayer(socketio.Server):
         # The session's place under the handshake caps: init frees it from the
         # per-address count, the end of the connection (or session) gives it back.
         connection.admission = getattr(eio_socket, "admission", None)
+        eio_socket.connection = connection
         self.connections[sid] = connection
         node.opened(connection)
         logger.info("connection %s opened from %s (socket.io %s)",
@@ -777,7 +900,8 @@ class SocketIOLayer(socketio.Server):
         if timer is not None:
             timer.stop()
             connection.deadline_timer = None
-        connection.mark_ready()
+        if connection.eio_socket.connection is connection:
+            connection.eio_socket.connection = None  # a reference cycle otherwise
         self.node.detach(connection)
         logger.info("connection %s ended user=%s (%s)", connection.id, connection.user_id, reason,
                     extra=connection.log_context())
