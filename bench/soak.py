@@ -49,6 +49,8 @@ logger = logging.getLogger("bench.soak")
 HOST = "127.0.0.1"
 #: Replacements (connect + init) allowed to wait for the server at once.
 MAX_IN_FLIGHT = 200
+#: Publishers posting side by side (keep-alive connections).
+PUBLISH_LANES = 4
 TRACE_PATH = Path(__file__).resolve().parent / "soaktrace"
 
 
@@ -169,12 +171,14 @@ def run(held: int, minutes: float, churn: float, rate: float, every: float, brok
             drop(oldest, reset)
             counters.replaced += 1
 
-        def publisher() -> None:
+        def publisher(lane: int) -> None:
+            """One of PUBLISH_LANES keep-alive publishers, each at rate / PUBLISH_LANES: a
+            single one waits for every answer and fell far behind 200/s on a busy worker."""
             post = Publisher(server.port, server.api_key)
-            n = 0
+            n = lane
             t0 = time.monotonic()
             while True:
-                n += 1
+                n += PUBLISH_LANES
                 gevent.sleep(max(0.0, t0 + n / rate - time.monotonic()))
                 if not clients:
                     continue
@@ -206,7 +210,8 @@ def run(held: int, minutes: float, churn: float, rate: float, every: float, brok
                                    round(late, 2)))
 
         soak_started = time.monotonic()
-        background += [gevent.spawn(churner), gevent.spawn(publisher), gevent.spawn(lag_probe)]
+        background += [gevent.spawn(churner), gevent.spawn(lag_probe),
+                       *(gevent.spawn(publisher, lane) for lane in range(PUBLISH_LANES))]
         meter = CpuMeter(pid)
         seen_lines = 0
         while time.monotonic() - soak_started < minutes * 60:

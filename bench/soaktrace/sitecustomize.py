@@ -48,25 +48,22 @@ def _sample() -> str:
 _lag = {"max": 0.0, "asked": None}
 
 
-def _main_loop():
-    """The worker's gevent loop (the hub of the main thread), once it exists; else None."""
-    import threading
-
+def _main_loop(main: int):
+    """The worker's gevent loop (the hub of OS thread ``main``), once it exists; else None."""
     hub_module = __import__("sys").modules.get("gevent.hub")
     if hub_module is None:
         return None
-    main = threading.main_thread().ident
     for candidate in gc.get_objects():
         if isinstance(candidate, hub_module.Hub) and candidate.thread_ident == main:
             return candidate.loop
     return None
 
 
-def _lag_thread() -> None:
+def _lag_thread(main: int) -> None:
     loop = None
     while loop is None:
         _real_sleep(1.0)
-        loop = _main_loop()
+        loop = _main_loop(main)
 
     def ran(asked: float) -> None:
         _lag["max"] = max(_lag["max"], time.monotonic() - asked)
@@ -99,7 +96,8 @@ def _start_in_child() -> None:
     import _thread
 
     _thread.start_new_thread(_watch, ())
-    _thread.start_new_thread(_lag_thread, ())
+    # The OS thread's own id, taken before gevent patches ``threading``.
+    _thread.start_new_thread(_lag_thread, (_thread.get_ident(),))
 
 
 if _LOG:
