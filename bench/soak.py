@@ -49,6 +49,8 @@ logger = logging.getLogger("bench.soak")
 HOST = "127.0.0.1"
 #: Replacements (connect + init) allowed to wait for the server at once.
 MAX_IN_FLIGHT = 200
+#: Publishers posting side by side (keep-alive connections).
+PUBLISH_LANES = 4
 TRACE_PATH = Path(__file__).resolve().parent / "soaktrace"
 
 
@@ -169,12 +171,14 @@ def run(held: int, minutes: float, churn: float, rate: float, every: float, brok
             drop(oldest, reset)
             counters.replaced += 1
 
-        def publisher() -> None:
+        def publisher(lane: int) -> None:
+            """One of PUBLISH_LANES keep-alive publishers, each at rate / PUBLISH_LANES: a
+            single one waits for every answer and fell far behind 200/s on a busy worker."""
             post = Publisher(server.port, server.api_key)
-            n = 0
+            n = lane
             t0 = time.monotonic()
             while True:
-                n += 1
+                n += PUBLISH_LANES
                 gevent.sleep(max(0.0, t0 + n / rate - time.monotonic()))
                 if not clients:
                     continue
@@ -191,8 +195,23 @@ def run(held: int, minutes: float, churn: float, rate: float, every: float, brok
                 else:
                     counters.publish_errors[key] = counters.publish_errors.get(key, 0) + 1
 
+        generator_lag = {"max": 0.0}
+        spikes: list[tuple[float, float]] = []
+
+        def lag_probe() -> None:
+            """This generator's own loop lag: how late a 0.1 s sleep wakes up."""
+            while True:
+                asked = time.monotonic()
+                gevent.sleep(0.1)
+                late = time.monotonic() - asked - 0.1
+                generator_lag["max"] = max(generator_lag["max"], late)
+                if late > 1.0:
+                    spikes.append((round((time.monotonic() - soak_started) / 60, 2),
+                                   round(late, 2)))
+
         soak_started = time.monotonic()
-        background += [gevent.spawn(churner), gevent.spawn(publisher)]
+        background += [gevent.spawn(churner), gevent.spawn(lag_probe),
+                       *(gevent.spawn(publisher, lane) for lane in range(PUBLISH_LANES))]
         meter = CpuMeter(pid)
         seen_lines = 0
         while time.monotonic() - soak_started < minutes * 60:
@@ -218,10 +237,13 @@ def run(held: int, minutes: float, churn: float, rate: float, every: float, brok
                     "published": counters.published,
                     "frames": counters.frames,
                     "open_errors": counters.open_errors,
+                    "server_loop_lag_s": float(fields[6]) if len(fields) > 6 else None,
+                    "generator_loop_lag_s": round(generator_lag["max"], 3),
                     **meter.percent(),
                     "loadavg": Path("/proc/loadavg").read_text().split()[0],
                 }
                 meter.restart()
+                generator_lag["max"] = 0.0
                 samples.append(sample)
                 logger.info("%s", sample)
         loads.append(Path("/proc/loadavg").read_text().strip())
@@ -239,24 +261,29 @@ def run(held: int, minutes: float, churn: float, rate: float, every: float, brok
         "published": counters.published, "publish_errors": counters.publish_errors,
         "open_errors": counters.open_errors, "closed_by_server": counters.closed_by_server,
         "frames": counters.frames, "loadavg": loads, "server_log": str(server.log_path),
+        "generator_lag_spikes_over_1s": spikes,
         "tracebacks": server.log().count("Traceback"),
     }
 
 
 def render(result: dict[str, Any]) -> str:
     rows = ["| minute | RSS MiB | fds | greenlets | gc objects | held | replaced | churn ticks "
-            "skipped | published | server CPU % | other CPU % | load |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "skipped | published | loop lag max server / generator s | server CPU % "
+            "| generator CPU % | other CPU % | load |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
     for s in result["samples"]:
         rows.append(f"| {s['minute']} | {s['rss_mib']} | {s['fds']} | {s['greenlets']} "
                     f"| {s['gc_objects']} | {s['held']} | {s['replaced']} | {s['skipped']} "
                     f"| {s['published']} "
-                    f"| {s['server_cpu_percent']} | {s['other_cpu_percent']} | {s['loadavg']} |")
+                    f"| {s['server_loop_lag_s']} / {s['generator_loop_lag_s']} "
+                    f"| {s['server_cpu_percent']} | {s['generator_cpu_percent']} "
+                    f"| {s['other_cpu_percent']} | {s['loadavg']} |")
     rows.append("")
     rows.append(f"publish errors {result['publish_errors']}, open errors "
                 f"{result['open_errors']}, sockets closed by the server "
                 f"{result['closed_by_server']}, tracebacks {result['tracebacks']}, "
-                f"load {result['loadavg']}")
+                f"generator lag spikes over 1 s (minute, s) "
+                f"{result['generator_lag_spikes_over_1s']}, load {result['loadavg']}")
     return "\n".join(rows)
 
 

@@ -39,6 +39,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ from gevent import socket
 
 from bench.harness import (
     Publisher,
+    machine_busy_seconds,
     raise_fd_limit,
     sample_process,
     save_result,
@@ -101,6 +103,7 @@ class StormClient:
     connected: bool = False
     stopping: bool = False
     raw: RawClient | None = None
+    transport: str = "websocket"
 
     def run(self) -> None:
         """Connect, read, and reconnect by callwire.js's rules until told to stop."""
@@ -205,14 +208,14 @@ class StormClient:
             self.raw.sock.close()
 
 
-def _upgrade(raw: RawClient, port: int) -> None:
+def _upgrade(raw: RawClient, port: int, path: str = "/") -> None:
     """The browser's handshake (deflate offered), as ``RawClient.open`` sends it."""
     import base64
 
     key = base64.b64encode(os.urandom(16)).decode()
     raw.sock.sendall(
         (
-            f"GET / HTTP/1.1\r\nHost: {HOST}:{port}\r\nUpgrade: websocket\r\n"
+            f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
             "Sec-WebSocket-Version: 13\r\n"
             "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
@@ -220,6 +223,148 @@ def _upgrade(raw: RawClient, port: int) -> None:
         ).encode()
     )
     raw._read_upgrade(key)
+
+
+#: socket.io-client's Manager defaults (node_modules/socket.io-client: reconnectionDelay,
+#: reconnectionDelayMax, randomizationFactor) and its connect timeout (``timeout``).
+SIO_DELAY = 1.0
+SIO_DELAY_MAX = 5.0
+SIO_JITTER = 0.5
+SIO_OPEN_TIMEOUT = 20.0
+#: Without ``connected`` (or any ping) for pingInterval + pingTimeout, the engine closes.
+SIO_SILENCE_TIMEOUT = 45.0
+#: callwire-socketio.js: a refused connect with code 1011 is retried after 4 x its 500 ms base.
+SIO_RETRY_1011 = 2.0
+
+
+def sio_backoff(attempt: int, base: float = SIO_DELAY, cap: float = SIO_DELAY_MAX,
+                jitter: float = SIO_JITTER) -> float:
+    """socket.io-client's ``Backoff.duration`` (contrib/backo2.js) for the given attempt."""
+    ms = base * 1000 * 2**attempt
+    rand = random.random()
+    deviation = int(rand * jitter * ms)
+    ms = ms - deviation if int(rand * 10) & 1 == 0 else ms + deviation
+    return int(min(ms, cap * 1000)) / 1000
+
+
+@dataclass
+class SocketIOStormClient(StormClient):
+    """One socket.io-client tab (WebSocket transport) wrapped by callwire-socketio.js.
+
+    socket.io-client reconnects by itself after a transport close or a failed
+    attempt: ``Backoff`` from ``SIO_DELAY``, doubling, +-50 % jitter, capped at
+    ``SIO_DELAY_MAX``, reset on every successful connect and on every close of
+    an open connection. Its ``auth`` is a function, so each attempt sends a
+    fresh token and the newest ``lastEventId``. A connect refused by the
+    server (``connect_error`` with ``data.code``) is callwire-socketio.js's
+    business: 1011 retried after 2 s, anything else with a fresh token at
+    most twice, then it stays down.
+    """
+
+    transport: str = "socket.io"
+
+    def run(self) -> None:
+        attempt = 0
+        policy_failures = 0
+        while not self.stopping:
+            outcome = self._connect_once(emulator_token(self.user, ttl=6 * 3600))
+            self.connected = False
+            self.closes.append((time.monotonic(), outcome))
+            if self.stopping:
+                return
+            if self._was_connected_since_last_close():
+                policy_failures = 0
+            if isinstance(outcome, tuple):  # ("refused", code): connect_error from the server
+                code = outcome[1]
+                if code == 1011:
+                    delay = SIO_RETRY_1011
+                else:
+                    policy_failures += 1
+                    if policy_failures > MAX_POLICY_RETRIES:
+                        self.gave_up = f"connect_error {code}"
+                        return
+                    delay = 0.0
+            elif outcome in ("transport close", "ping timeout"):
+                attempt = 0  # Manager.onclose: backoff.reset(), then reconnect()
+                delay = sio_backoff(attempt)
+                attempt += 1
+            else:  # the attempt failed (refused, reset, HTTP error, timeout)
+                delay = sio_backoff(attempt)
+                attempt += 1
+            gevent.sleep(delay)
+
+    def _connect_once(self, token: str) -> Any:
+        """One engine: open, CONNECT with auth, read until it ends; return what ended it."""
+        raw = RawClient()
+        self.raw = raw
+        auth: dict[str, Any] = {"userId": self.user, "token": token}
+        if self.last_event_id is not None:
+            auth["lastEventId"] = self.last_event_id
+        opened = False
+        try:
+            with gevent.Timeout(SIO_OPEN_TIMEOUT, HandshakeError("no engine open in time")):
+                raw.sock = socket.create_connection((HOST, self.port))
+                raw.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                _upgrade(raw, self.port, "/socket.io/?EIO=4&transport=websocket")
+                opcode, body = raw.read_frame()
+                if not body.startswith(b"0{"):
+                    return f"handshake: no open packet {body[:40]!r}"
+            opened = True
+            raw.send_text("40" + json.dumps(auth))
+            with gevent.Timeout(SIO_SILENCE_TIMEOUT, HandshakeError("no connected in time")):
+                while True:
+                    outcome = self._packet(raw)
+                    if outcome is not None:
+                        return outcome
+                    if self.connected:
+                        break
+            while True:
+                outcome = self._packet(raw)
+                if outcome is not None:
+                    return outcome
+        except (ClosedError, ConnectionResetError, BrokenPipeError) as failure:
+            if opened:
+                return "transport close"
+            return closed_word(failure)
+        except HandshakeError as failure:
+            return f"handshake: {failure}"[:60] if not opened else "ping timeout"
+        except ConnectionRefusedError:
+            return "refused"
+        except OSError as failure:
+            return "transport close" if opened else f"os: {failure.strerror or failure}"
+        finally:
+            if raw.sock is not None:
+                raw.sock.close()
+
+    def _packet(self, raw: RawClient) -> Any:
+        """Handle one Engine.IO packet; return a connect refusal, else None."""
+        opcode, body = raw.read_frame()
+        if opcode != OP_TEXT:
+            return None
+        text = body.decode()
+        if text == "2":
+            raw.send_text("3")
+        elif text.startswith("42"):
+            name, message = json.loads(text[2:])[:2]
+            if name == "connected":
+                self.connected_at.append((time.monotonic(), message.get("recovered")))
+                self.connected = True
+                if message.get("recovered") is False:
+                    self.last_event_id = None  # callwire-socketio.js: a gap, start over
+            elif name == "call.status.changed":
+                self._on_message(message)
+        elif text.startswith("44"):
+            data = json.loads(text[2:]) if len(text) > 2 else {}
+            return ("refused", (data.get("data") or {}).get("code"))
+        elif text.startswith("41"):
+            return ("refused", "server disconnect")
+        return None
+
+
+def closed_word(failure: Exception) -> str:
+    if isinstance(failure, ClosedError):
+        return str(failure.code if failure.code is not None else 1006)
+    return "reset"
 
 
 # -- the publisher -------------------------------------------------------------------------
@@ -316,7 +461,12 @@ def _children(pid: int) -> list[int]:
 
 
 class PeakMeter:
-    """Sample RSS and CPU of processes every half second; keep the peaks."""
+    """Sample RSS and CPU of processes every half second; keep the peaks and a timeline.
+
+    The timeline (one row a second from ``mark``: CPU % of each process over
+    that second, and whatever ``probe`` returns) shows where the seconds of a
+    storm went.
+    """
 
     def __init__(self) -> None:
         self.pids: dict[str, int] = {}
@@ -324,6 +474,17 @@ class PeakMeter:
         self.peak_cpu: dict[str, float] = {}
         self._last: dict[str, Any] = {}
         self._greenlet: gevent.Greenlet | None = None
+        self.timeline: list[dict[str, Any]] = []
+        self._mark: float | None = None
+        self._probe: Any = None
+        self._row_cpu: dict[str, float] = {}
+        self._row_at = 0.0
+
+    def mark(self, at: float, probe: Any) -> None:
+        """Start the timeline at ``at`` (monotonic); ``probe()`` adds its fields to each row."""
+        self._mark, self._probe = at, probe
+        self._row_at = at
+        self._row_cpu = {}
 
     def watch(self, name: str, pid: int) -> None:
         self.pids[name] = pid
@@ -348,7 +509,25 @@ class PeakMeter:
                     percent = 100 * (sample.cpu_seconds - last.cpu_seconds) / (sample.at - last.at)
                     self.peak_cpu[name] = max(self.peak_cpu.get(name, 0.0), percent)
                 self._last[name] = sample
+            self._timeline_row()
             gevent.sleep(0.5)
+
+    def _timeline_row(self) -> None:
+        if self._mark is None:
+            return
+        now = time.monotonic()
+        if now - self._row_at < 1.0 and self._row_cpu:
+            return
+        cpu = {name: sample.cpu_seconds for name, sample in self._last.items()}
+        cpu["machine"] = machine_busy_seconds()
+        row: dict[str, Any] = {"t": round(now - self._mark, 1)}
+        for name, seconds in cpu.items():
+            if name in self._row_cpu:
+                row[name] = round(100 * (seconds - self._row_cpu[name]) / (now - self._row_at))
+        row.update(self._probe() if self._probe is not None else {})
+        if len(row) > 1 and self._row_cpu:
+            self.timeline.append(row)
+        self._row_cpu, self._row_at = cpu, now
 
     def figures(self) -> dict[str, Any]:
         return {name: {"peak_rss_mib": round(self.peak_rss.get(name, 0) / 2**20, 1),
@@ -359,6 +538,46 @@ class PeakMeter:
 def _in_thread(function: Any, *args: Any, **kwargs: Any) -> Any:
     """Run a blocking call (subprocess, time.sleep) without stopping this process's greenlets."""
     return gevent.get_hub().threadpool.spawn(function, *args, **kwargs).get()
+
+
+def _wait_answering(server: LiveServer, boot: dict[str, float], since: float) -> None:
+    """Wait (in a thread) for the new server's first log line, open port and /healthz 200."""
+    import requests
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"new server exited early:\n{server.log()}")
+        if "first_log_line_s" not in boot and server.log_path.stat().st_size > 0:
+            boot["first_log_line_s"] = round(time.monotonic() - since, 2)
+        try:
+            if requests.get(f"{server.http}/healthz", timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError("the new server did not answer /healthz within 60 s")
+
+
+def _watch_worker(server: LiveServer, meter: PeakMeter, boot: dict[str, float],
+                  since: float) -> None:
+    """Meter the new worker from its fork; optionally profile it (BENCH_PYSPY=<file>)."""
+    while not (children := _children(server.process.pid)):
+        gevent.sleep(0.05)
+    boot["worker_forked_s"] = round(time.monotonic() - since, 2)
+    meter.watch("new worker", children[0])
+    _profile(children[0], "new")
+
+
+def _profile(pid: int, name: str) -> None:
+    """With BENCH_PYSPY=<prefix>: py-spy records ``pid`` to <prefix>-<name>.txt (collapsed)."""
+    prefix = os.environ.get("BENCH_PYSPY")
+    if prefix:
+        py_spy = Path(sys.executable).parent / "py-spy"
+        subprocess.Popen([str(py_spy), "record", "--pid", str(pid), "--rate", "50",
+                          "--duration", os.environ.get("BENCH_PYSPY_SECONDS", "40"),
+                          "--format", "raw", "--nonblocking", "-o", f"{prefix}-{name}.txt"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _tracebacks(server: LiveServer) -> list[str]:
@@ -388,8 +607,12 @@ def run_storm(
     back_timeout: float = 60.0,
     workdir: Path | None = None,
     server_env: dict[str, str] | None = None,
+    socketio_share: float = 0.0,
 ) -> dict[str, Any]:
-    """Run the storm once and return its figures (see the module docstring)."""
+    """Run the storm once and return its figures (see the module docstring).
+
+    ``socketio_share`` of the clients are socket.io clients (:class:`SocketIOStormClient`).
+    """
     raise_fd_limit(clients + 2000)
     loads = [_uptime()]
     temporary = None
@@ -411,11 +634,15 @@ def run_storm(
         old = _in_thread(start_server, env, port=port, name="storm-old")
         meter.watch("old worker", _children(old.process.pid)[0])
         meter.watch("redis-server", store.process.pid)
+        meter.watch("generator", os.getpid())
         meter.start()
         started = time.monotonic()
         run_id = f"{int(time.time())}-{random.randrange(10**6)}"
         users = [f"storm-{run_id}-{n}@bench.local" for n in range(clients)]
-        storm = [StormClient(user, port) for user in users]
+        socketio_clients = round(socketio_share * clients)
+        storm = [(SocketIOStormClient if n < socketio_clients else StormClient)(user, port)
+                 for n, user in enumerate(users)]
+        random.shuffle(storm)  # both kinds spread over the opening and the publisher's users
         publisher = StormPublisher(port, old.api_key, users, rate, run_id)
         greenlets.append(gevent.spawn(publisher.run))
         # Open the clients, at most connect_concurrency handshakes at a time.
@@ -439,6 +666,7 @@ def run_storm(
         loads.append(_uptime())
         term = time.monotonic()
         os.killpg(old.process.pid, signal.SIGTERM)
+        _profile(meter.pids["old worker"], "old")
         old_done = gevent.event.AsyncResult()
 
         def wait_old() -> None:
@@ -446,11 +674,6 @@ def run_storm(
             old_done.set(time.monotonic() - term)
 
         greenlets.append(gevent.spawn(wait_old))
-        new = _in_thread(start_server, env, port=port, name="storm-new")
-        new_answering = time.monotonic() - term
-        new_children = _children(new.process.pid)
-        if new_children:
-            meter.watch("new worker", new_children[0])
 
         def back_after(client: StormClient) -> float | None:
             """Seconds from SIGTERM to the connected that this client still holds."""
@@ -458,6 +681,17 @@ def run_storm(
                 return None
             at = client.connected_at[-1][0]
             return at - term if at > term else None
+
+        def probe() -> dict[str, Any]:
+            return {"back": sum(1 for c in storm if back_after(c) is not None),
+                    "connected": sum(1 for c in storm if c.connected)}
+
+        meter.mark(term, probe)
+        new = _in_thread(start_server, env, port=port, name="storm-new", wait=False)
+        boot = {"spawned_s": round(time.monotonic() - term, 2)}
+        greenlets.append(gevent.spawn(_watch_worker, new, meter, boot, term))
+        _in_thread(_wait_answering, new, boot, term)
+        new_answering = time.monotonic() - term
 
         deadline = term + back_timeout
         while time.monotonic() < deadline:
@@ -495,6 +729,31 @@ def run_storm(
                 if at >= term:
                     closes_after_term[str(code)] = closes_after_term.get(str(code), 0) + 1
         resumes = [rec for c in storm for at, rec in c.connected_at if at > term]
+
+        def by_transport(transport: str) -> dict[str, Any]:
+            group = [c for c in storm if c.transport == transport]
+            times = sorted(t for c in group if (t := back_after(c)) is not None)
+            users = {c.user for c in group}
+
+            def at(fraction: float) -> float | None:
+                needed = int(fraction * len(group) + 0.999999)
+                return round(times[needed - 1], 2) if needed and len(times) >= needed else None
+
+            closes: dict[str, int] = {}
+            for client in group:
+                for when, code in client.closes:
+                    if when >= term:
+                        closes[str(code)] = closes.get(str(code), 0) + 1
+            return {
+                "clients": len(group), "back": len(times),
+                "back_50_s": at(0.5), "back_90_s": at(0.9), "back_99_s": at(0.99),
+                "back_100_s": at(1.0), "gave_up": sum(1 for c in group if c.gave_up),
+                "lost": sum(1 for _, user in lost if user in users),
+                "duplicates": sum(c.duplicates for c in group),
+                "out_of_order": sum(c.out_of_order for c in group),
+                "closes_after_sigterm": closes,
+            }
+
         result = {
             "clients": clients,
             "rate": rate,
@@ -503,6 +762,7 @@ def run_storm(
             "sigterm_at_s": round(term - started, 2),
             "old_gone_s": round(old_done.value, 2) if old_done.wait(30) is not None else None,
             "new_answering_s": round(new_answering, 2),
+            "new_boot": boot,
             "back_50_s": at_fraction(0.5),
             "back_90_s": at_fraction(0.9),
             "back_99_s": at_fraction(0.99),
@@ -524,9 +784,12 @@ def run_storm(
                 "not_recovered": sum(1 for r in resumes if r is False),
                 "fresh": sum(1 for r in resumes if r is None),
             },
+            "by_transport": {t: by_transport(t) for t in ("websocket", "socket.io")
+                             if any(c.transport == t for c in storm)},
             "tracebacks_old": _tracebacks(old),
             "tracebacks_new": _tracebacks(new),
             "peaks": meter.figures(),
+            "timeline": meter.timeline,
             "loadavg": loads,
             "logs": [str(old.log_path), str(new.log_path)],
         }
@@ -565,6 +828,8 @@ def render(result: dict[str, Any]) -> str:
         f"{result['closes_after_sigterm']}. Inits after SIGTERM: "
         f"{result['resumed_after_sigterm']}. Publish answers: {result['publish_answers']}. "
         f"Load average (1/5/15 min) at start, SIGTERM, end: {result['loadavg']}.",
+        f"By transport: {json.dumps(result['by_transport'])}.",
+        f"New server: {result['new_boot']}.",
     ])
 
 
@@ -577,11 +842,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="seconds after start (at least once every client is connected)")
     parser.add_argument("--concurrency", type=int, default=200,
                         help="handshakes in flight while opening the clients")
+    parser.add_argument("--socketio-share", type=float, default=0.0,
+                        help="fraction of the clients that are socket.io clients (0-1)")
     parser.add_argument("--name", default="storm", help="bench/results/<name>.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     result = run_storm(args.clients, args.rate, args.sigterm_at,
-                       connect_concurrency=args.concurrency)
+                       connect_concurrency=args.concurrency,
+                       socketio_share=args.socketio_share)
     path = save_result(args.name, result)
     print(render(result))
     print(json.dumps({k: v for k, v in result.items() if k.startswith("tracebacks")}, indent=1))

@@ -9,6 +9,7 @@ import pytest
 import requests
 
 from tests.support.net import free_port
+from tests.support.redis_server import RedisServer
 from tests.test_browser import (  # noqa: F401 - browser and open_tab are fixtures
     QUICK_STOP,
     STATE,
@@ -95,3 +96,28 @@ def test_demo_page_over_socketio_resumes_after_a_server_restart(
     wait_status(tab, call_id, "ended")
     assert shown_statuses(tab, call_id) == ["initiated", "ringing", "in-progress", "ended"]
     tab.shot("socketio-after-restart")
+
+
+@pytest.mark.redis
+def test_a_socketio_client_refused_because_redis_is_down_retries_until_it_is_back(
+    server_factory, tmp_path, open_tab  # noqa: F811
+):
+    """1013 at connect (history cannot be read) is not the client's fault: callwire-socketio.js
+    retries with backoff for as long as it takes, it never stops as for a bad token (issue 12)."""
+    store = RedisServer(tmp_path).start()
+    try:
+        live = server_factory({"REDIS_URL": store.url, "REDIS_TIMEOUT": "0.5"},
+                              name="browser-socketio-1013")
+        tab = open_tab()
+        tab.page.goto(live.http + "/?transport=socket.io")
+        tab.page.fill("#email", unique_email("socketio-1013"))
+        store.stop()
+        tab.page.click("#connect")
+        # Refused three times or more: the old client gave up after the third (maxPolicyRetries).
+        tab.wait("() => callwireDemo.client._busyRetries >= 3 || "
+                 "callwireDemo.client.state === 'stopped'", timeout=20)
+        assert tab.js("() => callwireDemo.client.state") != "stopped"
+        store.start()
+        tab.wait(f"{STATE} === 'connected'", timeout=40)
+    finally:
+        store.stop()

@@ -160,6 +160,31 @@ def test_delivered_and_presence_count_connections_of_every_live_process(redis_ur
     assert one.connection_count(ALICE) == 2
 
 
+def test_presence_of_many_connections_takes_a_bounded_share_of_the_process(redis_url, brokers):
+    """Each presence write lists every connection: in a reconnect storm (a change every
+    few milliseconds) the writes must leave the worker time to serve inits (issue 12)."""
+    node = Process({f"user{n}@example.com": 1 for n in range(4000)})
+    broker = brokers(redis_url, node)
+    writes: list[tuple[float, float]] = []
+    write = broker._write_presence
+
+    def timed_write() -> None:
+        started = time.monotonic()
+        write()
+        writes.append((started, time.monotonic()))
+
+    broker._write_presence = timed_write
+    deadline = time.monotonic() + 15
+    while len(writes) < 2 and time.monotonic() < deadline:
+        broker.presence_changed()  # connections come and go all the time
+        gevent.sleep(0.01)
+    assert len(writes) >= 2, writes
+    for (start, end), (following, _) in itertools.pairwise(writes):
+        # Before: the next write 0.2 s after the last one, which took ~0.1 s here.
+        assert following - end >= min(4.5, 10 * (end - start)), writes
+    assert broker.connection_count("user7@example.com") == 1
+
+
 def test_ids_increase_per_user_whichever_process_publishes(redis_url, brokers):
     watcher = Process({ALICE: 1})
     brokers(redis_url, watcher)

@@ -40,7 +40,10 @@ worker for the same guarantee.
 
 **Presence is best effort.** Each worker writes its connections to Redis
 soon after they change and every few seconds, with a short expiry, so a
-worker that dies vanishes. ``delivered`` in a publish answer is the number
+worker that dies vanishes. A write lists every connection of the worker, so
+after one that took t seconds the next waits at least 20 t: in a reconnect
+storm of 10,000 sockets presence lags by a second or two instead of taking
+an eighth of the worker's CPU. ``delivered`` in a publish answer is the number
 of the owner's connections that live workers reported last.
 
 **Outages.** Commands use short socket timeouts and no automatic retries
@@ -128,8 +131,13 @@ COMMAND_TIMEOUT_SECONDS = 2.0
 #: Presence: rewritten this often (and soon after a change), expires after PRESENCE_TTL.
 PRESENCE_INTERVAL_SECONDS = 5.0
 PRESENCE_TTL_SECONDS = 15
-#: Connect storms rewrite presence at most this often.
+#: Connect storms rewrite presence at most this often...
 PRESENCE_MIN_GAP_SECONDS = 0.2
+#: ...and, after a write that took t seconds, not again for PRESENCE_COST_FACTOR * t
+#: (at most PRESENCE_INTERVAL_SECONDS): a write lists every connection, and with
+#: 10,000 of them rewriting it five times a second took 13 % of a worker's CPU
+#: in a reconnect storm (issue 12). Presence is best effort; it lags a little more.
+PRESENCE_COST_FACTOR = 20.0
 #: The listener pings an idle subscription this often and gives up without an answer.
 LISTENER_POLL_SECONDS = 0.05
 LISTENER_PING_SECONDS = 2.0
@@ -308,6 +316,94 @@ class _HubRelay:
                     logger.exception("redis broker: node call failed")
 
 
+class _Read:
+    """One script call waiting for its turn in a :class:`_ReadBatcher` pipeline."""
+
+    __slots__ = ("script", "keys", "args", "wake", "answered", "reply", "error")
+
+    def __init__(self, script: Any, keys: list[str], args: list[Any]) -> None:
+        self.script, self.keys, self.args = script, keys, args
+        #: Set when answered, or when this caller may have to send the next batch.
+        self.wake = threading.Event()
+        self.answered = False
+        self.reply: Any = None
+        self.error: BaseException | None = None
+
+
+class _ReadBatcher:
+    """Send the history reads of concurrent inits to Redis together, as one pipeline.
+
+    In a reconnect storm thousands of inits read history at once; each on its
+    own took a pooled connection until its greenlet got its turn again, so
+    with a saturated loop the pool stayed busy and inits were refused with
+    1013 although Redis was idle, and each read paid redis-py's per-command
+    cost (issue 12). Here a caller that finds no batch in flight sends every
+    read waiting, its own included, in one pipeline on one connection, and
+    hands each caller its reply or error. Reads that arrive meanwhile wait:
+    the next caller to arrive sends them with its own, or, if none comes,
+    the first of them is woken to do it. Nobody waits for a helper greenlet
+    to be scheduled (a wake-up queued behind thousands of new connections
+    took seconds). Errors are the caller's to map (``RedisBroker._available``),
+    as if it had run the command itself.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+        self._pending: list[_Read] = []
+        self._sending = False
+
+    def call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """Run ``script`` with ``keys`` and ``args`` in the next batch; return its reply."""
+        read = _Read(script, keys, args)
+        with self._lock:
+            self._pending.append(read)
+        while True:
+            with self._lock:
+                lead = not read.answered and not self._sending
+                if lead:
+                    self._sending = True
+                    batch, self._pending = self._pending, []
+            if lead:
+                self._send(batch)
+            else:
+                read.wake.wait()
+                read.wake.clear()
+            if read.answered:
+                break
+        if read.error is not None:
+            # Several callers may raise the same error: no traceback piles up on it.
+            raise read.error.with_traceback(None)
+        return read.reply
+
+    def _send(self, batch: list[_Read]) -> None:
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for read in batch:
+                read.script(keys=read.keys, args=read.args, client=pipe)
+            replies: list[Any] = pipe.execute(raise_on_error=False)
+        except BaseException as error:  # noqa: BLE001 - every caller must hear of it
+            replies = [error] * len(batch)
+            if not isinstance(error, Exception):
+                self._answer(batch, replies)
+                raise
+        self._answer(batch, replies)
+
+    def _answer(self, batch: list[_Read], replies: list[Any]) -> None:
+        with self._lock:
+            self._sending = False
+            following = self._pending[0] if self._pending else None
+        for read, reply in zip(batch, replies, strict=True):
+            if isinstance(reply, BaseException):
+                read.error = reply
+            else:
+                read.reply = reply
+            read.answered = True
+            read.wake.set()
+        if following is not None:
+            following.wake.set()  # send the reads that came meanwhile, unless a newcomer does
+
+
 def _worker_name() -> str:
     host = socket.gethostname().replace(":", "-")[:40]
     return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
@@ -351,6 +447,8 @@ class RedisBroker(Broker):
         self._count_script = self._redis.register_script(redis_scripts.COUNT)
         self._history_script = self._redis.register_script(redis_scripts.HISTORY)
         self._snapshot_script = self._redis.register_script(redis_scripts.SNAPSHOT)
+        #: The history reads of inits (history_since, snapshot), batched.
+        self._reads = _ReadBatcher(self._redis)
         self._worker = _worker_name()
         self._node: Node | None = None
         #: How the listener calls the node: directly, or through a _HubRelay.
@@ -466,10 +564,11 @@ class RedisBroker(Broker):
         well_formed = (isinstance(last_event_id, str) and len(last_event_id) == 16
                        and event_id_order(last_event_id) >= 0)
         with self._available("history_since"):
-            reply = self._history_script(
-                keys=[history_key(user_id), _last_key(user_id)],
-                args=[last_event_id if well_formed else "0", self._history_ttl,
-                      "1" if well_formed else "0"],
+            reply = self._reads.call(
+                self._history_script,
+                [history_key(user_id), _last_key(user_id)],
+                [last_event_id if well_formed else "0", self._history_ttl,
+                 "1" if well_formed else "0"],
             )
         latest = _text(reply[0])
         if not int(reply[1]):
@@ -478,9 +577,10 @@ class RedisBroker(Broker):
 
     def snapshot(self, user_id: str) -> Snapshot:
         with self._available("snapshot"):
-            reply = self._snapshot_script(
-                keys=[history_key(user_id), _last_key(user_id), _open_key(user_id)],
-                args=[self._history_ttl],
+            reply = self._reads.call(
+                self._snapshot_script,
+                [history_key(user_id), _last_key(user_id), _open_key(user_id)],
+                [self._history_ttl],
             )
         latest = _text(reply[0])
         if latest is None:
@@ -585,13 +685,16 @@ class RedisBroker(Broker):
             if self._stopping.is_set():
                 return
             self._presence_wake.clear()
+            started = time.monotonic()
             try:
                 self._write_presence()
             except _UNAVAILABLE as error:
                 logger.debug("presence not written: %s", error)
             except Exception:  # noqa: BLE001 - the loop must outlive any bug
                 logger.exception("presence update failed")
-            self._stopping.wait(PRESENCE_MIN_GAP_SECONDS)
+            spent = time.monotonic() - started
+            self._stopping.wait(min(PRESENCE_INTERVAL_SECONDS,
+                                    max(PRESENCE_MIN_GAP_SECONDS, PRESENCE_COST_FACTOR * spent)))
 
     # -- the listener ------------------------------------------------------------
 

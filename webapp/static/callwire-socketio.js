@@ -54,6 +54,7 @@
       this._listeners = {};
       this._seen = new Set();
       this._policyFailures = 0;
+      this._busyRetries = 0;
       this._forceFresh = false;
       this._refreshTimer = null;
       this._stopped = false;
@@ -148,6 +149,7 @@
 
     _onConnected(message) {
       this._policyFailures = 0;
+      this._busyRetries = 0;
       this.user = message.userId;
       if (message.recovered === false) {
         this.lastEventId = null;
@@ -211,8 +213,12 @@
       }
       this._emit('close', { code: code, reason: error.message, wasClean: true, action: 'refused' });
       this._error('server', error.message, null);
-      if (code === 1011) {
-        this._retryLater(this.options.backoffBaseMs * 4);
+      if (code === 1011 || code === 1012 || code === 1013) {
+        // The server cannot serve this now (certificates or Redis unreachable, busy,
+        // restarting): retry with backoff for as long as it takes, never give up.
+        var ceiling = Math.min(this.options.backoffCapMs,
+          this.options.backoffBaseMs * Math.pow(2, 2 + Math.min(this._busyRetries++, 8)));
+        this._retryLater(ceiling / 2 + Math.random() * ceiling / 2);
       } else {
         this._retryWithFreshToken(error.message);
       }
