@@ -72,6 +72,8 @@ def test_socketio_client_gets_events_on_every_transport(
     assert event["id"] == answer.json()["data"]["id"]
     assert (event["callId"], event["status"], event["data"]) == (
         body["callId"], "ringing", {"customerNumber": "+1555"})
+    # Written on the transport it came on: no drop, no reconnect and resume.
+    assert not [m for m in client.seen if m["type"] == "disconnect"]
     if transports == ["polling"]:
         assert not [m for m in client.quiet(0.3) if m["type"] == "upgrade"]
 
