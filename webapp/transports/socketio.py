@@ -51,6 +51,8 @@ import simple_websocket
 import socketio
 import socketio.exceptions
 import socketio.packet as sio_packet
+from simple_websocket import ConnectionClosed
+from wsproto.events import TextMessage
 
 from webapp import metrics
 from webapp.admission import Refused, Ticket, client_address
@@ -225,6 +227,30 @@ class EngineWebSocket:
 
     def send(self, message: str | bytes) -> None:
         self.ws.send(message)
+
+    def send_now(self, message: str) -> bool:
+        """Write ``message`` without waiting if nothing is being written; False if not now.
+
+        What ``send`` does, with :meth:`SafeSocket.send_now`: what the kernel
+        does not take at once is kept and written first by the next write.
+        """
+        ws = self.ws
+        sock = ws.sock
+        if not isinstance(sock, SafeSocket) or not sock.idle:
+            return False
+        if not ws.connected:
+            raise ConnectionClosed(ws.close_reason, ws.close_message)
+        sock.send_now(ws.ws.send(TextMessage(data=message)))
+        return True
+
+    @property
+    def unfinished(self) -> bool:
+        """True when :meth:`send_now` left part of a frame to write."""
+        return self.ws.sock.unfinished
+
+    def finish(self) -> None:
+        """Write what :meth:`send_now` left (waiting, with the write deadline)."""
+        self.ws.sock.send(b"")
 
     def close(self) -> None:
         with contextlib.suppress(Exception):  # the peer may be gone already
@@ -530,6 +556,22 @@ class SocketIOConnection(Connection):
             return
         self._writer = ws
         ws.wake()
+
+    def _write_now(self, frame: str) -> bool:
+        """Over WebSocket, when Engine.IO has nothing queued before it: write now."""
+        ws = self.eio_socket.websocket
+        if ws is None or not self._ready or self.eio_socket.queue.qsize():
+            return False
+        return ws.send_now(EIO_MESSAGE + event_packet(frame))
+
+    def _write_unfinished(self) -> bool:
+        ws = self.eio_socket.websocket
+        return ws is not None and ws.unfinished
+
+    def _finish_write(self) -> None:
+        writer = self._writer
+        if isinstance(writer, EngineWebSocket):
+            writer.finish()
 
     def write_pending(self, ws: EngineWebSocket) -> None:
         """Write the queue from the loop of ``ws``, if it was asked to (:meth:`_start_writer`)."""
