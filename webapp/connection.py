@@ -85,6 +85,22 @@ def accepted_at(event_id: str | None) -> float:
     return now - age if 0.0 < age < 3600.0 else now
 
 
+def send_without_waiting(ws: Any, text: str) -> bool:
+    """Send a text frame on a simple-websocket ``Server`` if its socket is idle; else False.
+
+    What ``Server.send`` does, with :meth:`SafeSocket.send_now`: a write that
+    never waits, whose unwritten rest the next :meth:`SafeSocket.send` writes
+    first. Both WebSocket transports write inline through this.
+    """
+    sock = ws.sock
+    if not isinstance(sock, SafeSocket) or not sock.idle:
+        return False
+    if not ws.connected:
+        raise ConnectionClosed(ws.close_reason, ws.close_message)
+    sock.send_now(ws.ws.send(TextMessage(data=text)))
+    return True
+
+
 class SafeSocket:
     """Wrap a (gevent) socket so every write is whole, in order, under one lock, with a deadline.
 
@@ -646,15 +662,7 @@ class WebSocketConnection(Connection):
         self._ws.send(frame)
 
     def _write_now(self, frame: str) -> bool:
-        ws = self._ws
-        sock = ws.sock
-        if not isinstance(sock, SafeSocket) or not sock.idle:
-            return False
-        # What simple-websocket's Server.send does, with a write that never waits.
-        if not ws.connected:
-            raise ConnectionClosed(ws.close_reason, ws.close_message)
-        sock.send_now(ws.ws.send(TextMessage(data=frame)))
-        return True
+        return send_without_waiting(self._ws, frame)
 
     def _write_unfinished(self) -> bool:
         return self._ws.sock.unfinished

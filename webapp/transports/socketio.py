@@ -51,8 +51,6 @@ import simple_websocket
 import socketio
 import socketio.exceptions
 import socketio.packet as sio_packet
-from simple_websocket import ConnectionClosed
-from wsproto.events import TextMessage
 
 from webapp import metrics
 from webapp.admission import Refused, Ticket, client_address
@@ -66,6 +64,7 @@ from webapp.connection import (
     InlineReader,
     InlineSocket,
     SafeSocket,
+    send_without_waiting,
 )
 from webapp.protocol import INVALID_FORMAT, ProtocolError, encode, error, pong
 from webapp.realtime import Realtime
@@ -234,14 +233,7 @@ class EngineWebSocket:
         What ``send`` does, with :meth:`SafeSocket.send_now`: what the kernel
         does not take at once is kept and written first by the next write.
         """
-        ws = self.ws
-        sock = ws.sock
-        if not isinstance(sock, SafeSocket) or not sock.idle:
-            return False
-        if not ws.connected:
-            raise ConnectionClosed(ws.close_reason, ws.close_message)
-        sock.send_now(ws.ws.send(TextMessage(data=message)))
-        return True
+        return send_without_waiting(self.ws, message)
 
     @property
     def unfinished(self) -> bool:
