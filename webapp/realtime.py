@@ -126,7 +126,7 @@ class Realtime:
             answered = outage.outcomes if isinstance(outage, BatchInterrupted) else []
             known = _in_order(refusals, answered)
             _count_events(source, known)
-            metrics.EVENTS_IN.labels(source, "unavailable").inc(len(drafts) - len(known))
+            metrics.events_in(source, "unavailable").inc(len(drafts) - len(known))
             if not known:
                 raise
             raise BatchInterrupted(str(outage), known) from outage
@@ -260,7 +260,7 @@ def _count_events(source: str, outcomes: list[Outcome]) -> None:
         kind = "refused" if isinstance(o, PublishError) else o.dropped or "accepted"
         counts[kind] = counts.get(kind, 0) + 1
     for outcome, count in counts.items():
-        metrics.EVENTS_IN.labels(source, outcome).inc(count)
+        metrics.events_in(source, outcome).inc(count)
 
 
 def realtime() -> Realtime:
