@@ -52,7 +52,7 @@ import socketio
 import socketio.exceptions
 import socketio.packet as sio_packet
 
-from webapp import metrics
+from webapp import logs, metrics
 from webapp.admission import Refused, Ticket, client_address
 from webapp.client_rules import ClientRules, CloseClient
 from webapp.connection import (
@@ -267,6 +267,9 @@ class CallwireEngineSocket(engineio.socket.Socket):
     websocket: EngineWebSocket | None = None
     #: The Socket.IO client (namespace ``/``) on this session, once connected.
     connection: SocketIOConnection | None = None
+    #: ``X-Request-ID`` of the request that opened this session: every later request
+    #: of the session logs under it, as a raw socket's lines carry its upgrade's.
+    request_id: str | None = None
 
     def schedule_ping(self) -> None:
         """Ping after ``pingInterval`` from a loop timer, not a sleeping greenlet per socket."""
@@ -329,8 +332,18 @@ class CallwireEngineSocket(engineio.socket.Socket):
         if self.admission is not None:
             self.admission.release()
 
+    def _bind_request_id(self) -> None:
+        if self.request_id is not None:
+            logs.request_id.set(self.request_id)
+
+    def handle_get_request(self, environ: dict[str, Any], start_response: Any) -> Any:
+        """Serve a long-polling GET (or the upgrade) under the session's request id."""
+        self._bind_request_id()
+        return super().handle_get_request(environ, start_response)
+
     def handle_post_request(self, environ: dict[str, Any]) -> None:
         """Read a long-polling POST body; a body that is not a payload is a 400."""
+        self._bind_request_id()
         try:
             length = int(environ.get("CONTENT_LENGTH") or 0)
         except ValueError:
@@ -443,6 +456,7 @@ class CallwireEngineIO(engineio.Server):
             if type(sock) is engineio.socket.Socket:
                 sock.__class__ = CallwireEngineSocket
                 sock.admission = args[1].pop(ADMISSION_KEY, None)
+                sock.request_id = logs.request_id.get()
         return super()._trigger_event(event, *args, **kwargs)
 
     def handle_request(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -937,5 +951,9 @@ class SocketIOLayer(socketio.Server):
         if connection.eio_socket.connection is connection:
             connection.eio_socket.connection = None  # a reference cycle otherwise
         self.node.detach(connection)
+        context = connection.log_context()
+        if connection.eio_socket.request_id is not None:
+            # Also when a timer or another request ends it, as the raw session's last line.
+            context["request_id"] = connection.eio_socket.request_id
         logger.info("connection %s ended user=%s (%s)", connection.id, connection.user_id, reason,
-                    extra=connection.log_context())
+                    extra=context)
