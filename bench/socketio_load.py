@@ -1,7 +1,7 @@
 """Socket.IO benchmark (issue 9): Callwire's layer and Flask-SocketIO 5.x, side by side.
 
 For each server in turn (Callwire as the Procfile runs it; the bench-only
-peer ``bench/flask_socketio_peer.py`` under the same gunicorn gevent worker):
+peer ``bench/peers/socketio_app.py`` under the same gunicorn gevent worker):
 
 1. ``--connections`` idle, initialised Socket.IO clients over WebSocket, each
    offering permessage-deflate as browsers do: the worker's RSS per client;
@@ -26,10 +26,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import random
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,7 @@ import gevent
 from gevent import socket
 from gevent.pool import Pool
 
+from bench import side_by_side
 from bench.harness import (
     CpuMeter,
     Publisher,
@@ -55,9 +54,8 @@ from bench.rawws import (
     HandshakeError,
     RawClient,
 )
-from bench.side_by_side import start_profiler
-from tests.support.net import free_port, wait_for_port
-from tests.support.server import ARTIFACTS, ROOT, LiveServer
+from bench.side_by_side import API_KEY, start_profiler
+from tests.support.server import LiveServer
 from tests.support.tokens import emulator_token
 
 logger = logging.getLogger("bench.socketio")
@@ -256,34 +254,8 @@ class SioPollingClient:
 
 
 def start_peer() -> LiveServer:
-    """Start Flask-SocketIO under the same gunicorn gevent worker as Callwire."""
-    port = free_port()
-    ARTIFACTS.mkdir(exist_ok=True)
-    log_path = ARTIFACTS / f"bench-peer-{port}-{int(time.time() * 1000)}.log"
-    gunicorn = str(Path(sys.executable).parent / "gunicorn")
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [gunicorn, "-k", "gevent", "--worker-connections", "20000", "--workers", "1",
-             "--no-control-socket", "-b", f"{HOST}:{port}", "bench.flask_socketio_peer:app"],
-            # From bench/: gunicorn would otherwise load Callwire's gunicorn.conf.py.
-            cwd=ROOT / "bench", stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-    live = LiveServer(port, {}, process, log_path, "")
-    wait_for_port(port)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            connection = HttpConnection(port)
-            status, _ = connection.request("GET", "/healthz")
-            connection.close()
-            if status == 200:
-                return live
-        except OSError:
-            pass
-        time.sleep(0.1)
-    live.stop()
-    raise RuntimeError(f"peer did not start:\n{live.log()}")
+    """Start Flask-SocketIO (``bench/peers/socketio_app.py``) as ``bench.side_by_side`` does."""
+    return side_by_side.start_peer("socketio")
 
 
 # -- measurements -------------------------------------------------------------------------
@@ -323,7 +295,7 @@ def paced_events(port: int, users: list[str], rate: float, seconds: float,
     interval = publishers / rate
 
     def publish_loop(index: int) -> None:
-        publisher = Publisher(port, "bench-events-key")
+        publisher = Publisher(port, API_KEY)
         next_at = time.monotonic() + index * interval / publishers
         number = 0
         while time.monotonic() < stop_at:
@@ -364,7 +336,7 @@ def throughput(port: int, pid: int, seconds: float, publishers: int,
 
     def publish_loop(index: int) -> None:
         nonlocal published
-        publisher = Publisher(port, "bench-events-key")
+        publisher = Publisher(port, API_KEY)
         number = 0
         while time.monotonic() < stop_at:
             call_id = f"t{index}-{number}"
@@ -506,7 +478,7 @@ def main() -> None:
     results = {"uptime_before": subprocess.run(["uptime"], capture_output=True,
                                                text=True).stdout.strip(), "args": {
         k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
-    callwire = start_bench_server({"EVENTS_API_KEY": "bench-events-key"})
+    callwire = start_bench_server({"EVENTS_API_KEY": API_KEY})
     try:
         results["callwire"] = measure("callwire", callwire, args)
     finally:
