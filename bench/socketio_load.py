@@ -378,9 +378,38 @@ def profiled(args: argparse.Namespace, pid: int, name: str, phase: str,
     return start_profiler(pid, seconds, args.profile / f"{name}-{phase}.txt")
 
 
+def measure_polling(name: str, server: LiveServer, pid: int,
+                    args: argparse.Namespace) -> dict[str, Any]:
+    """``--polling`` idle long-polling clients held, events at ``--rate`` to random ones."""
+    arrivals = Arrivals()
+    polling, errors = open_clients(SioPollingClient, server.port, args.polling,
+                                   f"{name}-poll", 50, arrivals)
+    gevent.sleep(args.settle)
+    rss = sample_process(pid).rss_bytes
+    meter = CpuMeter(pid)
+    profiler = profiled(args, pid, name, "polling", args.hold - 1)
+    cpu_before = sample_process(pid).cpu_seconds
+    events = paced_events(server.port, [c.user_id for c in polling], args.rate,
+                          args.hold, arrivals)
+    events["cpu"] = cpu_per_event(meter, pid, cpu_before, events["published"])
+    if profiler is not None:
+        profiler.wait(timeout=30)
+    result = {"clients": len(polling), "open_errors": len(errors),
+              "error_sample": errors[:3], "rss_mib": round(rss / 2**20, 1),
+              "still_alive": sum(1 for c in polling if c.alive), **events}
+    logger.info("%s polling: %s", name, result)
+    for client in polling:
+        client.close()
+    return result
+
+
 def measure(name: str, server: LiveServer, args: argparse.Namespace) -> dict[str, Any]:
     pid = worker_pid(server)
     result: dict[str, Any] = {"server": name}
+    if args.polling_only:
+        if name == "callwire":
+            result["polling"] = measure_polling(name, server, pid, args)
+        return result
     warm, _ = open_clients(SioWebSocketClient, server.port, 10, f"{name}-warm", 10, None)
     gevent.sleep(2)
     before = sample_process(pid).rss_bytes
@@ -432,25 +461,7 @@ def measure(name: str, server: LiveServer, args: argparse.Namespace) -> dict[str
         profiler.wait(timeout=30)
     logger.info("%s throughput: %s", name, result["throughput_single"])
     if args.polling and name == "callwire":
-        arrivals = Arrivals()
-        polling, errors = open_clients(SioPollingClient, server.port, args.polling,
-                                       f"{name}-poll", 50, arrivals)
-        gevent.sleep(args.settle)
-        rss = sample_process(pid).rss_bytes
-        meter = CpuMeter(pid)
-        profiler = profiled(args, pid, name, "polling", args.hold - 1)
-        cpu_before = sample_process(pid).cpu_seconds
-        events = paced_events(server.port, [c.user_id for c in polling], args.rate,
-                              args.hold, arrivals)
-        events["cpu"] = cpu_per_event(meter, pid, cpu_before, events["published"])
-        if profiler is not None:
-            profiler.wait(timeout=30)
-        result["polling"] = {"clients": len(polling), "open_errors": len(errors),
-                             "error_sample": errors[:3], "rss_mib": round(rss / 2**20, 1),
-                             "still_alive": sum(1 for c in polling if c.alive), **events}
-        logger.info("%s polling: %s", name, result["polling"])
-        for client in polling:
-            client.close()
+        result["polling"] = measure_polling(name, server, pid, args)
     return result
 
 
@@ -467,6 +478,8 @@ def main() -> None:
                         help="clients that receive the one-event-per-POST phase")
     parser.add_argument("--polling", type=int, default=1000)
     parser.add_argument("--skip-peer", action="store_true")
+    parser.add_argument("--polling-only", action="store_true",
+                        help="only the long-polling phase (Callwire; no peer)")
     parser.add_argument("--profile", type=Path, default=None,
                         help="sample the worker with py-spy in each phase into DIR "
                              "(collapsed stacks; python -m bench.profile_top DIR/*.txt)")
@@ -483,7 +496,7 @@ def main() -> None:
         results["callwire"] = measure("callwire", callwire, args)
     finally:
         callwire.stop()
-    if not args.skip_peer:
+    if not (args.skip_peer or args.polling_only):
         peer = start_peer()
         try:
             results["flask_socketio"] = measure("flask_socketio", peer, args)

@@ -564,9 +564,25 @@ class SocketIOConnection(Connection):
         ws.wake()
 
     def _write_now(self, frame: str) -> bool:
-        """Over WebSocket, when Engine.IO has nothing queued before it: write now."""
-        ws = self.eio_socket.websocket
-        if ws is None or not self._ready or self.eio_socket.queue.qsize():
+        """Hand the event over now, with no writer greenlet, when nothing has to wait.
+
+        Over WebSocket, when Engine.IO has nothing queued before it: written
+        now. Over long-polling, while Engine.IO's queue is under
+        :data:`EIO_BACKLOG`: put on it (which wakes the held GET), as the
+        writer would, without the writer greenlet and its turn of the loop.
+        """
+        if not self._ready:
+            return False
+        sock = self.eio_socket
+        ws = sock.websocket
+        if ws is None:
+            if sock.queue.qsize() >= EIO_BACKLOG:
+                return False
+            if sock.closed:
+                raise engineio.exceptions.SocketIsClosedError()
+            sock.queue.put(eio_packet.Packet(eio_packet.MESSAGE, data=event_packet(frame)))
+            return True
+        if sock.queue.qsize():
             return False
         return ws.send_now(EIO_MESSAGE + event_packet(frame))
 
