@@ -152,3 +152,40 @@ def test_pings_of_sockets_opened_apart_fall_due_together_and_never_late(monkeypa
     assert due == [1025.0, 1025.0, 1025.0]
     monkeypatch.setattr(connection.time, "monotonic", lambda: 1000.26)
     assert connection.next_ping_at(25.0) == 1025.25
+
+
+def _open_server_wsproto():
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, Request
+
+    server, client = WSConnection(ConnectionType.SERVER), WSConnection(ConnectionType.CLIENT)
+    server.receive_data(client.send(Request(host="x", target="/")))
+    list(server.events())
+    server.send(AcceptConnection())
+    return server
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+@pytest.mark.parametrize("char", ["a", "é", "☎"])
+def test_text_frame_is_what_wsproto_writes(size, char):
+    from wsproto.events import TextMessage
+
+    text = (char * size)[: max(size, 0)]
+    assert connection.text_frame(text) == bytes(
+        _open_server_wsproto().send(TextMessage(data=text))
+    )
+
+
+def test_inline_send_is_refused_once_the_websocket_is_closing(pair):
+    from types import SimpleNamespace
+
+    from wsproto.events import CloseConnection
+    from wsproto.utilities import LocalProtocolError
+
+    server = _open_server_wsproto()
+    ws = SimpleNamespace(sock=SafeSocket(pair[0], 1.0), ws=server, connected=True)
+    assert connection.send_without_waiting(ws, "first")
+    assert pair[1].recv(100) == connection.text_frame("first")
+    server.send(CloseConnection(code=1000))
+    with pytest.raises(LocalProtocolError):
+        connection.send_without_waiting(ws, "late")

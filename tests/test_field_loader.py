@@ -66,3 +66,12 @@ def test_schemas_the_loader_cannot_stand_in_for_are_refused():
         FieldLoader(Hooked())
     with pytest.raises(TypeError):
         FieldLoader(schemas.TestMessageSchema(unknown=ma.RAISE))
+
+    class FieldHooked(ma.Schema):
+        class Meta:
+            unknown = ma.EXCLUDE
+
+        name = ma.fields.String(post_load=[str.upper])
+
+    with pytest.raises(TypeError):
+        FieldLoader(FieldHooked())

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import io
 import logging
-import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import gevent
 from flask import request
 from flask_smorest import abort
-from werkzeug.wsgi import get_input_stream
+from werkzeug.wsgi import get_content_length, get_input_stream
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +35,9 @@ CLOSE_CONNECTION = "callwire.close_connection"
 
 _READ_STEP = 64 * 1024
 
-#: Greenlets reading a body right now, cut by :func:`cut_reads` at shutdown.
-_readers: weakref.WeakSet[Any] = weakref.WeakSet()
+#: Greenlets reading a body right now, cut by :func:`cut_reads` at shutdown
+#: (each removes itself when its read ends, whatever happens).
+_readers: set[Any] = set()
 
 
 class _BodyCut(Exception):
@@ -48,30 +48,28 @@ class _BodyTimeout(Exception):
     """The body did not arrive within its deadline."""
 
 
-def refuse_oversized(max_bytes: int) -> None:
-    """Abort 413 if the declared Content-Length is over ``max_bytes`` (nothing is read)."""
-    length = request.content_length
-    if length is not None and length > max_bytes:
-        abort(413, message=_too_large(max_bytes))
-
-
 def read_body(max_bytes: int, timeout: float) -> bytes:
     """Read the whole request body, at most ``max_bytes``, within ``timeout`` seconds.
 
     Aborts 413 when the body is larger (declared or sent), 408 when it is
     still arriving at the deadline, 503 when the worker stops meanwhile.
     """
-    refuse_oversized(max_bytes)
     environ = request.environ
+    declared = get_content_length(environ)  # None when chunked or absent
+    if declared is not None and declared > max_bytes:
+        abort(413, message=_too_large(max_bytes))
     stream = get_input_stream(environ, safe_fallback=True)
+    # A declared length is read exactly (no extra read to find the end); a
+    # chunked body is read until it ends or passes the limit.
+    wanted = max_bytes + 1 if declared is None else declared
     chunks: list[bytes] = []
     size = 0
     reader = gevent.getcurrent()
     _readers.add(reader)
     try:
         with gevent.Timeout(timeout, _BodyTimeout):
-            while size <= max_bytes:
-                chunk = stream.read(min(_READ_STEP, max_bytes + 1 - size))
+            while size < wanted:
+                chunk = stream.read(min(_READ_STEP, wanted - size))
                 if not chunk:
                     break
                 chunks.append(chunk)

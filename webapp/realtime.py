@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -127,7 +126,7 @@ class Realtime:
             answered = outage.outcomes if isinstance(outage, BatchInterrupted) else []
             known = _in_order(refusals, answered)
             _count_events(source, known)
-            metrics.EVENTS_IN.labels(source, "unavailable").inc(len(drafts) - len(known))
+            metrics.events_in(source, "unavailable").inc(len(drafts) - len(known))
             if not known:
                 raise
             raise BatchInterrupted(str(outage), known) from outage
@@ -254,11 +253,14 @@ def _in_order(refusals: list[InvalidEvent | None], published: list[Outcome]) -> 
 
 def _count_events(source: str, outcomes: list[Outcome]) -> None:
     """Count events in by outcome, one metric update per kind of outcome."""
-    counts = Counter(
-        "refused" if isinstance(o, PublishError) else o.dropped or "accepted" for o in outcomes
-    )
+    # A plain dict: collections.Counter's constructor costs more than a
+    # one-event publish's whole count (bench/README.md, issue 10).
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        kind = "refused" if isinstance(o, PublishError) else o.dropped or "accepted"
+        counts[kind] = counts.get(kind, 0) + 1
     for outcome, count in counts.items():
-        metrics.EVENTS_IN.labels(source, outcome).inc(count)
+        metrics.events_in(source, outcome).inc(count)
 
 
 def realtime() -> Realtime:

@@ -20,6 +20,7 @@ from webapp.events import (
     CallState,
     EventDraft,
     OwnershipConflict,
+    PublishError,
     PublishResult,
     UnknownOwner,
     event_message,
@@ -77,23 +78,27 @@ class MemoryBroker(Broker):
         with self._lock:
             now = time.time()
             self._sweep_if_due(now)
-            previous = self._live_call(draft.call_id, now)
-            owner = self._owner_for(draft, previous)
-            # Keys are scoped by owner: another user's key can never answer for this one.
-            answer_key = (owner, draft.idempotency_key)
-            if draft.idempotency_key is not None:
-                cached = self._answers.get(answer_key)
-                if cached is not None and cached[1] > now:
-                    first = cached[0]
-                    return PublishResult(first.id, 0, first.dropped, first.event)
-            verdict = judge(previous, draft)
-            if verdict != "accept":
-                result = PublishResult(None, 0, verdict)
-            else:
-                result = self._accept(owner, draft, now)
-            if draft.idempotency_key is not None:
-                self._answers[answer_key] = (result, now + self._idempotency_ttl)
-            return result
+            return self._publish_locked(draft, now)
+
+    def _publish_locked(self, draft: EventDraft, now: float) -> PublishResult:
+        """Apply the rules to one draft and publish it; the caller holds the lock."""
+        previous = self._live_call(draft.call_id, now)
+        owner = self._owner_for(draft, previous)
+        # Keys are scoped by owner: another user's key can never answer for this one.
+        answer_key = (owner, draft.idempotency_key)
+        if draft.idempotency_key is not None:
+            cached = self._answers.get(answer_key)
+            if cached is not None and cached[1] > now:
+                first = cached[0]
+                return PublishResult(first.id, 0, first.dropped, first.event)
+        verdict = judge(previous, draft)
+        if verdict != "accept":
+            result = PublishResult(None, 0, verdict)
+        else:
+            result = self._accept(owner, draft, now)
+        if draft.idempotency_key is not None:
+            self._answers[answer_key] = (result, now + self._idempotency_ttl)
+        return result
 
     def _owner_for(self, draft: EventDraft, previous: CallState | None) -> str:
         if previous is not None:
@@ -128,9 +133,16 @@ class MemoryBroker(Broker):
 
     def publish_batch(self, drafts: list[EventDraft]) -> list[Outcome]:
         # Under the lock for the whole batch, so no other publish interleaves
-        # with it (the lock is reentrant: publish takes it again per draft).
+        # with it; each draft as publish() would, with its own time.
+        outcomes: list[Outcome] = []
         with self._lock:
-            return super().publish_batch(drafts)
+            self._sweep_if_due(time.time())
+            for draft in drafts:
+                try:
+                    outcomes.append(self._publish_locked(draft, time.time()))
+                except PublishError as refusal:
+                    outcomes.append(refusal)
+        return outcomes
 
     def publish_transient(self, user_id: str, message: dict[str, Any]) -> int:
         with self._lock:
