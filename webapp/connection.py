@@ -497,6 +497,21 @@ class Connection:
 #: What ``WebSocketConnection.receive`` returns when another greenlet woke it.
 WAKE = object()
 
+#: Pings fall due on a grid of this share of the interval (0.25 s of 25 s), so
+#: sockets opened at different moments ping in the same turn of the loop: one
+#: wake-up of the loop (and of the peer's) for many pings, not one for each.
+PING_GRID_SHARE = 0.01
+
+
+def next_ping_at(interval: float) -> float:
+    """Return when the next ping is due: ``interval`` from now, brought back onto the grid.
+
+    Never later than ``interval``, at most 1 % earlier, so a client still
+    hears from us within the interval that keeps proxies open.
+    """
+    due = time.monotonic() + interval
+    return due - due % (interval * PING_GRID_SHARE)
+
 #: ``select.poll`` as the OS has it (gevent's would wait on the hub; a zero-timeout
 #: check must not yield).
 _unpatched_poll = monkey.get_original("select", "poll")
@@ -621,7 +636,7 @@ class WebSocketConnection(Connection):
         self._write_timeout = write_timeout
         self._reading = InlineSocket(ws)
         interval = getattr(ws, "ping_interval", None)
-        self._next_ping = time.monotonic() + interval if interval else None
+        self._next_ping = next_ping_at(interval) if interval else None
         #: Consecutive pings the peer left unanswered; two drop it (docs/protocol.md).
         self._missed_pings = 0
         #: Why this side ended the connection when the session learns it late (logged).
@@ -666,7 +681,7 @@ class WebSocketConnection(Connection):
         a busy box), and a client that is still alive must retry, not stop.
         """
         ws = self._ws
-        self._next_ping = time.monotonic() + ws.ping_interval
+        self._next_ping = next_ping_at(ws.ping_interval)
         self._missed_pings = 0 if ws.pong_received else self._missed_pings + 1
         if self._missed_pings >= 2:
             self.end_reason = f"closed {CLOSE_INTERNAL}: no pong to two pings"
