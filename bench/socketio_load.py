@@ -1,7 +1,7 @@
 """Socket.IO benchmark (issue 9): Callwire's layer and Flask-SocketIO 5.x, side by side.
 
 For each server in turn (Callwire as the Procfile runs it; the bench-only
-peer ``bench/flask_socketio_peer.py`` under the same gunicorn gevent worker):
+peer ``bench/peers/socketio_app.py`` under the same gunicorn gevent worker):
 
 1. ``--connections`` idle, initialised Socket.IO clients over WebSocket, each
    offering permessage-deflate as browsers do: the worker's RSS per client;
@@ -26,10 +26,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import random
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,7 @@ import gevent
 from gevent import socket
 from gevent.pool import Pool
 
+from bench import side_by_side
 from bench.harness import (
     CpuMeter,
     Publisher,
@@ -55,9 +54,8 @@ from bench.rawws import (
     HandshakeError,
     RawClient,
 )
-from bench.side_by_side import start_profiler
-from tests.support.net import free_port, wait_for_port
-from tests.support.server import ARTIFACTS, ROOT, LiveServer
+from bench.side_by_side import API_KEY, start_profiler
+from tests.support.server import LiveServer
 from tests.support.tokens import emulator_token
 
 logger = logging.getLogger("bench.socketio")
@@ -256,34 +254,8 @@ class SioPollingClient:
 
 
 def start_peer() -> LiveServer:
-    """Start Flask-SocketIO under the same gunicorn gevent worker as Callwire."""
-    port = free_port()
-    ARTIFACTS.mkdir(exist_ok=True)
-    log_path = ARTIFACTS / f"bench-peer-{port}-{int(time.time() * 1000)}.log"
-    gunicorn = str(Path(sys.executable).parent / "gunicorn")
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [gunicorn, "-k", "gevent", "--worker-connections", "20000", "--workers", "1",
-             "--no-control-socket", "-b", f"{HOST}:{port}", "bench.flask_socketio_peer:app"],
-            # From bench/: gunicorn would otherwise load Callwire's gunicorn.conf.py.
-            cwd=ROOT / "bench", stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-    live = LiveServer(port, {}, process, log_path, "")
-    wait_for_port(port)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            connection = HttpConnection(port)
-            status, _ = connection.request("GET", "/healthz")
-            connection.close()
-            if status == 200:
-                return live
-        except OSError:
-            pass
-        time.sleep(0.1)
-    live.stop()
-    raise RuntimeError(f"peer did not start:\n{live.log()}")
+    """Start Flask-SocketIO (``bench/peers/socketio_app.py``) as ``bench.side_by_side`` does."""
+    return side_by_side.start_peer("socketio")
 
 
 # -- measurements -------------------------------------------------------------------------
@@ -323,7 +295,7 @@ def paced_events(port: int, users: list[str], rate: float, seconds: float,
     interval = publishers / rate
 
     def publish_loop(index: int) -> None:
-        publisher = Publisher(port, "bench-events-key")
+        publisher = Publisher(port, API_KEY)
         next_at = time.monotonic() + index * interval / publishers
         number = 0
         while time.monotonic() < stop_at:
@@ -364,7 +336,7 @@ def throughput(port: int, pid: int, seconds: float, publishers: int,
 
     def publish_loop(index: int) -> None:
         nonlocal published
-        publisher = Publisher(port, "bench-events-key")
+        publisher = Publisher(port, API_KEY)
         number = 0
         while time.monotonic() < stop_at:
             call_id = f"t{index}-{number}"
@@ -406,9 +378,38 @@ def profiled(args: argparse.Namespace, pid: int, name: str, phase: str,
     return start_profiler(pid, seconds, args.profile / f"{name}-{phase}.txt")
 
 
+def measure_polling(name: str, server: LiveServer, pid: int,
+                    args: argparse.Namespace) -> dict[str, Any]:
+    """``--polling`` idle long-polling clients held, events at ``--rate`` to random ones."""
+    arrivals = Arrivals()
+    polling, errors = open_clients(SioPollingClient, server.port, args.polling,
+                                   f"{name}-poll", 50, arrivals)
+    gevent.sleep(args.settle)
+    rss = sample_process(pid).rss_bytes
+    meter = CpuMeter(pid)
+    profiler = profiled(args, pid, name, "polling", args.hold - 1)
+    cpu_before = sample_process(pid).cpu_seconds
+    events = paced_events(server.port, [c.user_id for c in polling], args.rate,
+                          args.hold, arrivals)
+    events["cpu"] = cpu_per_event(meter, pid, cpu_before, events["published"])
+    if profiler is not None:
+        profiler.wait(timeout=30)
+    result = {"clients": len(polling), "open_errors": len(errors),
+              "error_sample": errors[:3], "rss_mib": round(rss / 2**20, 1),
+              "still_alive": sum(1 for c in polling if c.alive), **events}
+    logger.info("%s polling: %s", name, result)
+    for client in polling:
+        client.close()
+    return result
+
+
 def measure(name: str, server: LiveServer, args: argparse.Namespace) -> dict[str, Any]:
     pid = worker_pid(server)
     result: dict[str, Any] = {"server": name}
+    if args.polling_only:
+        if name == "callwire":
+            result["polling"] = measure_polling(name, server, pid, args)
+        return result
     warm, _ = open_clients(SioWebSocketClient, server.port, 10, f"{name}-warm", 10, None)
     gevent.sleep(2)
     before = sample_process(pid).rss_bytes
@@ -460,25 +461,7 @@ def measure(name: str, server: LiveServer, args: argparse.Namespace) -> dict[str
         profiler.wait(timeout=30)
     logger.info("%s throughput: %s", name, result["throughput_single"])
     if args.polling and name == "callwire":
-        arrivals = Arrivals()
-        polling, errors = open_clients(SioPollingClient, server.port, args.polling,
-                                       f"{name}-poll", 50, arrivals)
-        gevent.sleep(args.settle)
-        rss = sample_process(pid).rss_bytes
-        meter = CpuMeter(pid)
-        profiler = profiled(args, pid, name, "polling", args.hold - 1)
-        cpu_before = sample_process(pid).cpu_seconds
-        events = paced_events(server.port, [c.user_id for c in polling], args.rate,
-                              args.hold, arrivals)
-        events["cpu"] = cpu_per_event(meter, pid, cpu_before, events["published"])
-        if profiler is not None:
-            profiler.wait(timeout=30)
-        result["polling"] = {"clients": len(polling), "open_errors": len(errors),
-                             "error_sample": errors[:3], "rss_mib": round(rss / 2**20, 1),
-                             "still_alive": sum(1 for c in polling if c.alive), **events}
-        logger.info("%s polling: %s", name, result["polling"])
-        for client in polling:
-            client.close()
+        result["polling"] = measure_polling(name, server, pid, args)
     return result
 
 
@@ -495,6 +478,8 @@ def main() -> None:
                         help="clients that receive the one-event-per-POST phase")
     parser.add_argument("--polling", type=int, default=1000)
     parser.add_argument("--skip-peer", action="store_true")
+    parser.add_argument("--polling-only", action="store_true",
+                        help="only the long-polling phase (Callwire; no peer)")
     parser.add_argument("--profile", type=Path, default=None,
                         help="sample the worker with py-spy in each phase into DIR "
                              "(collapsed stacks; python -m bench.profile_top DIR/*.txt)")
@@ -506,12 +491,12 @@ def main() -> None:
     results = {"uptime_before": subprocess.run(["uptime"], capture_output=True,
                                                text=True).stdout.strip(), "args": {
         k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
-    callwire = start_bench_server({"EVENTS_API_KEY": "bench-events-key"})
+    callwire = start_bench_server({"EVENTS_API_KEY": API_KEY})
     try:
         results["callwire"] = measure("callwire", callwire, args)
     finally:
         callwire.stop()
-    if not args.skip_peer:
+    if not (args.skip_peer or args.polling_only):
         peer = start_peer()
         try:
             results["flask_socketio"] = measure("flask_socketio", peer, args)

@@ -139,7 +139,7 @@ def test_json_logs_parse_line_by_line_and_carry_the_request_context(ops) -> None
 
 
 def test_socket_io_lines_carry_the_connection_context(ops) -> None:
-    """Socket.IO over WebSocket: one request, so its request id too; long-polling: no id."""
+    """Socket.IO over WebSocket: one request, so its request id too; long-polling: none sent."""
     live, _ = ops
     rid = f"rid-{uuid.uuid4().hex}"
     email = f"sio-{uuid.uuid4().hex[:8]}@example.com"
@@ -166,6 +166,37 @@ def test_socket_io_lines_carry_the_connection_context(ops) -> None:
     initialised = [line for line in lines if " initialised " in line["message"]]
     assert len(initialised) == 2
     assert initialised[0]["request_id"] == rid
+
+
+def test_long_polling_lines_carry_the_request_id_of_the_session(ops) -> None:
+    """Every line of a long-polling client carries the id of the request that opened its
+    session, as a raw socket's carry its upgrade's, whatever ids its later requests have."""
+    live, _ = ops
+    rid = f"rid-{uuid.uuid4().hex}"
+    email = f"poll-{uuid.uuid4().hex[:8]}@example.com"
+    url = f"{live.http}/socket.io/?EIO=4&transport=polling"
+    with requests.Session() as http:
+        opened = http.get(url, headers={"X-Request-ID": rid}, timeout=5)
+        assert opened.status_code == 200, opened.text
+        url += f"&sid={json.loads(opened.text[1:])['sid']}"
+        auth = json.dumps({"token": emulator_token(email)})
+        assert http.post(url, data=f"40{auth}", headers={"X-Request-ID": f"{rid}-post"},
+                         timeout=5).status_code == 200
+        deadline = time.monotonic() + 5
+        while '42["connected"' not in http.get(url, timeout=5).text:
+            assert time.monotonic() < deadline, "no connected event"
+        assert http.post(url, data="1", timeout=5).status_code == 200  # Engine.IO close
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [line for line in json_lines(live) if line.get("user") == email]
+        if any(" ended " in line["message"] for line in lines):
+            break
+        assert time.monotonic() < deadline, f"no 'ended' line for {email}: {lines}"
+        time.sleep(0.05)
+    connection = lines[0]["connection_id"]
+    mine = [line for line in json_lines(live) if line.get("connection_id") == connection]
+    assert any(" opened " in line["message"] for line in mine), mine
+    assert {line.get("request_id") for line in mine} == {rid}, mine
 
 
 def test_text_logs_keep_secrets_out_and_name_the_request(server_factory) -> None:

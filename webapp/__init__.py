@@ -13,7 +13,7 @@ from flask import Flask
 
 from webapp import logs, metrics
 from webapp.auth import TokenVerifier
-from webapp.bodies import CloseConnectionAfter
+from webapp.bodies import close_connection_after
 from webapp.brokers import create_broker
 from webapp.config import MAKE_RUN_DEFAULTS, load_settings
 from webapp.connection import InlineReader
@@ -61,7 +61,7 @@ def create_app(overrides: Mapping[str, str] | None = None) -> Flask:
         MAX_CONTENT_LENGTH=8 * 1024 * 1024,
     )
     app.json = StrictJSONProvider(app)
-    app.wsgi_app = CloseConnectionAfter(app.wsgi_app)  # type: ignore[method-assign]
+    app.wsgi_app = close_connection_after(app.wsgi_app)  # type: ignore[method-assign]
     app.extensions["callwire"] = Realtime(
         settings,
         create_broker(settings),
@@ -107,7 +107,7 @@ def create_app(overrides: Mapping[str, str] | None = None) -> Flask:
     app.extensions["callwire.socketio"] = layer
     app.wsgi_app = layer.wsgi_app(app.wsgi_app)
 
-    app.wsgi_app = logs.RequestContext(app.wsgi_app)  # type: ignore[method-assign]
+    app.wsgi_app = logs.request_context(app.wsgi_app)  # type: ignore[method-assign]
 
     settings.log_summary()
     return app

@@ -115,18 +115,17 @@ def _too_large(max_bytes: int) -> str:
     return f"Request body too large: at most {max_bytes} bytes"
 
 
-class CloseConnectionAfter:
+def close_connection_after(app: Callable[..., Iterable[bytes]]) -> Callable[..., Any]:
     """WSGI middleware: end the HTTP connection after an answer whose body read was cut.
 
     gunicorn drops ``Connection`` headers set by an application; its own
     response object has ``force_close`` (then it sends ``Connection: close``
-    and closes). Other servers simply keep their own behaviour.
+    and closes). Other servers simply keep their own behaviour. A closure, not
+    a class with ``__call__``: calling an instance nests a C frame, which a
+    WebSocket's parked greenlet keeps for its whole life (bench/README.md).
     """
 
-    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
-        self.app = app
-
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+    def close_connection_after(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             if environ.get(CLOSE_CONNECTION):
                 force_close = getattr(getattr(start_response, "__self__", None),
@@ -135,4 +134,6 @@ class CloseConnectionAfter:
                     force_close()
             return start_response(status, headers, exc_info)
 
-        return self.app(environ, start)
+        return app(environ, start)
+
+    return close_connection_after

@@ -187,18 +187,17 @@ def configure(level: str, log_format: str, secrets: Iterable[str | None] = ()) -
     root.setLevel(level)
 
 
-class RequestContext:
+def request_context(app: Callable[..., Any]) -> Callable[..., Any]:
     """WSGI middleware: bind Heroku's ``X-Request-ID`` for the request's log lines.
 
     The id is echoed in the response, so a client can quote it. The context
     is cleared when the application returns: a WebSocket's whole session runs
     inside that call, and a keep-alive connection's next request starts clean.
+    A closure, not a class with ``__call__``: calling an instance nests a C
+    frame, which a WebSocket's parked greenlet keeps for its whole life.
     """
 
-    def __init__(self, app: Callable[..., Any]) -> None:
-        self.app = app
-
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+    def request_context(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         rid = clean_request_id(environ.get("HTTP_X_REQUEST_ID"))
         clear()
         request_id.set(rid)
@@ -211,6 +210,8 @@ class RequestContext:
                 return start_response(status, headers, *args)
 
         try:
-            return self.app(environ, respond)
+            return app(environ, respond)
         finally:
             clear()
+
+    return request_context

@@ -52,7 +52,7 @@ import socketio
 import socketio.exceptions
 import socketio.packet as sio_packet
 
-from webapp import metrics
+from webapp import logs, metrics
 from webapp.admission import Refused, Ticket, client_address
 from webapp.client_rules import ClientRules, CloseClient
 from webapp.connection import (
@@ -267,6 +267,9 @@ class CallwireEngineSocket(engineio.socket.Socket):
     websocket: EngineWebSocket | None = None
     #: The Socket.IO client (namespace ``/``) on this session, once connected.
     connection: SocketIOConnection | None = None
+    #: ``X-Request-ID`` of the request that opened this session: every later request
+    #: of the session logs under it, as a raw socket's lines carry its upgrade's.
+    request_id: str | None = None
 
     def schedule_ping(self) -> None:
         """Ping after ``pingInterval`` from a loop timer, not a sleeping greenlet per socket."""
@@ -329,8 +332,18 @@ class CallwireEngineSocket(engineio.socket.Socket):
         if self.admission is not None:
             self.admission.release()
 
+    def _bind_request_id(self) -> None:
+        if self.request_id is not None:
+            logs.request_id.set(self.request_id)
+
+    def handle_get_request(self, environ: dict[str, Any], start_response: Any) -> Any:
+        """Serve a long-polling GET (or the upgrade) under the session's request id."""
+        self._bind_request_id()
+        return super().handle_get_request(environ, start_response)
+
     def handle_post_request(self, environ: dict[str, Any]) -> None:
         """Read a long-polling POST body; a body that is not a payload is a 400."""
+        self._bind_request_id()
         try:
             length = int(environ.get("CONTENT_LENGTH") or 0)
         except ValueError:
@@ -443,6 +456,7 @@ class CallwireEngineIO(engineio.Server):
             if type(sock) is engineio.socket.Socket:
                 sock.__class__ = CallwireEngineSocket
                 sock.admission = args[1].pop(ADMISSION_KEY, None)
+                sock.request_id = logs.request_id.get()
         return super()._trigger_event(event, *args, **kwargs)
 
     def handle_request(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -550,9 +564,25 @@ class SocketIOConnection(Connection):
         ws.wake()
 
     def _write_now(self, frame: str) -> bool:
-        """Over WebSocket, when Engine.IO has nothing queued before it: write now."""
-        ws = self.eio_socket.websocket
-        if ws is None or not self._ready or self.eio_socket.queue.qsize():
+        """Hand the event over now, with no writer greenlet, when nothing has to wait.
+
+        Over WebSocket, when Engine.IO has nothing queued before it: written
+        now. Over long-polling, while Engine.IO's queue is under
+        :data:`EIO_BACKLOG`: put on it (which wakes the held GET), as the
+        writer would, without the writer greenlet and its turn of the loop.
+        """
+        if not self._ready:
+            return False
+        sock = self.eio_socket
+        ws = sock.websocket
+        if ws is None:
+            if sock.queue.qsize() >= EIO_BACKLOG:
+                return False
+            if sock.closed:
+                raise engineio.exceptions.SocketIsClosedError()
+            sock.queue.put(eio_packet.Packet(eio_packet.MESSAGE, data=event_packet(frame)))
+            return True
+        if sock.queue.qsize():
             return False
         return ws.send_now(EIO_MESSAGE + event_packet(frame))
 
@@ -594,26 +624,24 @@ class SocketIOConnection(Connection):
         gevent.spawn(self.layer.end_requested, self)
 
 
-class Mount:
-    """``/socket.io/...`` to the Socket.IO server, every other request to the Flask app.
+def mount(layer: Callable[..., Any], inner: Callable[..., Any], prefix: str) -> Callable[..., Any]:
+    """Return a WSGI app: ``prefix...`` to the Socket.IO server, every other request to ``inner``.
 
     What the library's ``WSGIApp`` does for us, without its cost on every
-    request (it defines a class per request for eventlet, which we do not run):
-    about 4 % of the worker's CPU under a stream of one-event POSTs.
+    request (it defines a class per request for eventlet, which we do not run,
+    and keeps it in the environ: ~3.7 KiB for each raw WebSocket's whole life;
+    about 4 % of the worker's CPU under a stream of one-event POSTs). A
+    closure, not a class with ``__call__``: calling an instance nests a C
+    frame, which a WebSocket's parked greenlet keeps for its whole life.
     """
 
-    __slots__ = ("layer", "inner", "prefix")
-
-    def __init__(self, layer: Callable[..., Any], inner: Callable[..., Any], prefix: str) -> None:
-        self.layer = layer
-        self.inner = inner
-        self.prefix = prefix
-
-    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+    def mounted(environ: dict[str, Any], start_response: Any) -> Any:
         path = environ.get("PATH_INFO")
-        if path is not None and path.startswith(self.prefix):
-            return self.layer(environ, start_response)
-        return self.inner(environ, start_response)
+        if path is not None and path.startswith(prefix):
+            return layer(environ, start_response)
+        return inner(environ, start_response)
+
+    return mounted
 
 
 class CallwireManager(socketio.Manager):
@@ -683,9 +711,9 @@ class SocketIOLayer(socketio.Server):
     def _engineio_server_class(self) -> type[engineio.Server]:
         return CallwireEngineIO
 
-    def wsgi_app(self, inner: Callable[..., Any]) -> Mount:
+    def wsgi_app(self, inner: Callable[..., Any]) -> Callable[..., Any]:
         """Return a WSGI app that serves ``/socket.io/`` here and everything else with ``inner``."""
-        return Mount(self.handle_request, inner, f"/{PATH}/")
+        return mount(self.handle_request, inner, f"/{PATH}/")
 
     # -- library hooks ----------------------------------------------------------
 
@@ -937,5 +965,9 @@ class SocketIOLayer(socketio.Server):
         if connection.eio_socket.connection is connection:
             connection.eio_socket.connection = None  # a reference cycle otherwise
         self.node.detach(connection)
+        context = connection.log_context()
+        if connection.eio_socket.request_id is not None:
+            # Also when a timer or another request ends it, as the raw session's last line.
+            context["request_id"] = connection.eio_socket.request_id
         logger.info("connection %s ended user=%s (%s)", connection.id, connection.user_id, reason,
-                    extra=connection.log_context())
+                    extra=context)
