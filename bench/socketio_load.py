@@ -503,7 +503,8 @@ def main() -> None:
             peer.stop()
     results["uptime_after"] = subprocess.run(["uptime"], capture_output=True,
                                              text=True).stdout.strip()
-    path = save_result(f"socketio-{args.connections}", results)
+    path = save_result("socketio-polling" if args.polling_only else f"socketio-{args.connections}",
+                       results)
     print(json.dumps(results, indent=2))
     print(f"saved {path}")
 
