@@ -96,13 +96,14 @@ def start_peer(name: str) -> LiveServer:
         raise
 
 
-def start_checkout(root: Path) -> LiveServer:
+def start_checkout(root: Path, overrides: dict[str, str] | None = None) -> LiveServer:
     """Start Callwire from another checkout (``--before``): its Procfile, this venv."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "WEB_CONC"))}
     env.update(BASE_ENV)
     env.update({"PORT": str(port), "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "INFO"),
-                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"})
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+                **(overrides or {})})
     procfile = (root / "Procfile").read_text()
     command = procfile.split("web:", 1)[1].strip().replace("0.0.0.0:", "127.0.0.1:")
     ARTIFACTS.mkdir(exist_ok=True)

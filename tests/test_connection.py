@@ -11,8 +11,10 @@ import time
 from types import SimpleNamespace
 
 import gevent
+import gevent.event
 import pytest
 from gevent import socket
+from simple_websocket import ConnectionClosed
 
 from webapp import connection
 from webapp.connection import CLOSE_GRACE_SECONDS, SafeSocket
@@ -189,3 +191,57 @@ def test_inline_send_is_refused_once_the_websocket_is_closing(pair):
     server.send(CloseConnection(code=1000))
     with pytest.raises(LocalProtocolError):
         connection.send_without_waiting(ws, "late")
+
+
+# -- the shutdown pass: a close frame written without the session --------------------------
+
+
+def server_connection(left) -> connection.WebSocketConnection:
+    """A WebSocketConnection over a real simple-websocket Server on ``left`` (handshake done)."""
+    from simple_websocket import Server
+
+    environ = {
+        "werkzeug.socket": SafeSocket(left, write_timeout=5),
+        "HTTP_HOST": "127.0.0.1", "HTTP_UPGRADE": "websocket", "HTTP_CONNECTION": "Upgrade",
+        "HTTP_SEC_WEBSOCKET_KEY": "dGhlIHNhbXBsZSBub25jZQ==", "HTTP_SEC_WEBSOCKET_VERSION": "13",
+    }
+    ws = Server(environ, ping_interval=25, thread_class=connection.InlineReader,
+                event_class=gevent.event.Event)
+    return connection.WebSocketConnection(ws, send_queue=10, write_timeout=5)
+
+
+def read_until_eof(sock) -> bytes:
+    data = b""
+    sock.settimeout(2)
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_send_close_now_writes_1012_and_ends_our_side_before_the_session_runs(pair):
+    left, right = pair
+    conn = server_connection(left)
+    assert conn.send_close_now(1012, "Server restarting")
+    received = read_until_eof(right)  # FIN follows the close frame: no session had to run
+    head, _, frames = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101")
+    assert frames[0] == 0x88 and frames[2:4] == (1012).to_bytes(2, "big")
+    assert frames[4:] == b"Server restarting"
+    conn.deliver('{"type":"late"}', None)  # nothing more is written after the close frame
+    right.close()  # the peer answers: the session's next receive ends, logging why
+    with pytest.raises(ConnectionClosed):
+        conn.receive(2)
+    assert conn.end_reason == "closed 1012: Server restarting"
+    conn.linger()
+
+
+def test_send_close_now_leaves_a_connection_that_is_writing_to_its_session(pair):
+    left, right = pair
+    conn = server_connection(left)
+    conn._writer = gevent.spawn(gevent.sleep, 1)  # a write under way
+    assert not conn.send_close_now(1012, "Server restarting")
+    conn._writer.kill()
+    conn._writer = None
+    conn.send('{"type":"pong"}')  # still open: the session closes it its own way
+    right.settimeout(2)
+    assert b'{"type":"pong"}' in right.recv(65536)

@@ -15,6 +15,7 @@ from typing import Any
 
 import marshmallow as ma
 import pytest
+from flask import Flask
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,7 +24,14 @@ from blueprints.webhooks import twilio, vapi
 from blueprints.webhooks.source import Ignored, provider_time
 from webapp.events import EventDraft, event_message
 from webapp.protocol import INVALID_FORMAT, ClientMessage, ProtocolError, encode, parse_client_frame
-from webapp.validation import InvalidEvent, InvalidInput, check_draft, check_json, dumps
+from webapp.validation import (
+    InvalidEvent,
+    InvalidInput,
+    StrictJSONProvider,
+    check_draft,
+    check_json,
+    dumps,
+)
 
 FUZZ = settings(max_examples=60, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
@@ -272,3 +280,24 @@ def test_provider_times_are_a_utc_timestamp_or_none(value):
     assert moment is None or (moment.endswith("Z") and len(moment) == 24), moment
     if isinstance(value, float) and not math.isfinite(value):
         assert moment is None
+
+
+_app = Flask(__name__)  # the provider holds its app weakly
+_provider = StrictJSONProvider(_app)
+
+
+@FUZZ
+@given(maybe(deep_values))
+def test_rest_answers_are_what_json_dumps_writes_and_never_hold_nan(value):
+    """The provider's kept encoder writes what Flask's ``json.dumps`` call would, refusing NaN."""
+    try:
+        expected = json.dumps(value, separators=(",", ":"), default=_provider.default,
+                              ensure_ascii=True, sort_keys=False, allow_nan=False)
+    except ValueError:
+        with pytest.raises(ValueError):
+            _provider.dumps(value, separators=(",", ":"))
+        with pytest.raises(ValueError):
+            _provider.response(value)
+        return
+    assert _provider.dumps(value, separators=(",", ":")) == expected
+    assert _provider.response(value).get_data(as_text=True) == expected + "\n"

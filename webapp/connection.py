@@ -31,7 +31,7 @@ import gevent.lock
 from gevent import monkey
 from simple_websocket import ConnectionClosed
 from wsproto.connection import ConnectionState
-from wsproto.events import Ping
+from wsproto.events import CloseConnection, Ping
 from wsproto.utilities import LocalProtocolError
 
 from webapp import metrics
@@ -303,6 +303,16 @@ class Connection:
         if newest >= 0:
             self.last_event_id = f"{newest:016d}"
 
+    def send_close_now(self, code: int, reason: str) -> bool:
+        """Send a close frame now, without waiting or waking the session; False if it cannot.
+
+        A shutdown closes thousands of sockets at once (``Realtime.shutdown``);
+        where the transport can, it does so in one pass, and each session then
+        ends once, on its peer's answer. Transports without such a close keep
+        the default: the caller falls back to :meth:`request_close`.
+        """
+        return False
+
     def request_close(self, code: int, reason: str) -> None:
         """Ask the session that owns this connection to close it (from any greenlet)."""
         if self.close_requested is None:
@@ -554,11 +564,22 @@ class InlineSocket:
         if self._watcher is None:
             self._watcher = gevent.get_hub().loop.io(ws.sock.fileno(), 1)
         ws.event.clear()
-        self._watcher.start(ws.event.set)
+        self._watcher.start(self._readable)
         try:
             return ws.event.wait(seconds)
         finally:
             self._watcher.stop()
+
+    def _readable(self) -> None:
+        """Wake the waiting greenlet once.
+
+        The watcher is level-triggered: left running, it fires again on every
+        turn of the loop until the woken greenlet gets its turn, which in a
+        storm (thousands of sockets readable at once, each waiting behind the
+        others) made the loop call thousands of callbacks per turn.
+        """
+        self._watcher.stop()
+        self.ws.event.set()
 
     def readable_now(self) -> bool:
         """Return True if the socket has input (or an end) waiting, without waiting."""
@@ -621,8 +642,10 @@ class WebSocketConnection(Connection):
         self._next_ping = next_ping_at(interval) if interval else None
         #: Consecutive pings the peer left unanswered; two drop it (docs/protocol.md).
         self._missed_pings = 0
-        #: Why this side ended the connection when the peer never learns it (logged).
+        #: Why this side ended the connection when the session learns it late (logged).
         self.end_reason: str | None = None
+        #: :meth:`send_close_now` wrote (or began writing) the close frame.
+        self._close_sent = False
 
     def receive(self, timeout: float | None) -> Any:
         """Return the next frame, None on timeout, or :data:`WAKE`; raise when closed.
@@ -693,9 +716,43 @@ class WebSocketConnection(Connection):
         if isinstance(sock, SafeSocket):
             sock.write_timeout = grace
         with contextlib.suppress(Exception):  # the peer may be gone already
-            self._ws.close(reason=code, message=reason)
+            if self._close_sent and isinstance(sock, SafeSocket):
+                sock.send(b"")  # the rest of send_close_now's frame, if the kernel left some
+            else:
+                self._ws.close(reason=code, message=reason)
         if isinstance(sock, SafeSocket) and sock.broken:
             sock.abort()
+
+    def send_close_now(self, code: int, reason: str) -> bool:
+        """Send the close frame and end our side (FIN) at once, in the caller's greenlet.
+
+        Only when nothing is being written or waits to be: then no greenlet is
+        woken or switched to, and the session ends once, when the peer answers
+        with its close frame or FIN (``receive`` raises, the log line gives
+        ``end_reason``). A frame the kernel takes only in part is finished by
+        the session (woken with :meth:`request_close`), within the write grace.
+        """
+        ws = self._ws
+        sock = ws.sock
+        if (self._writer is not None or self._queue or self.close_requested is not None
+                or not ws.connected or not isinstance(sock, SafeSocket) or not sock.idle):
+            return False
+        self.end_reason = f"closed {code}: {reason}"
+        self._close_sent = True
+        try:
+            sock.send_now(ws.ws.send(CloseConnection(code, reason)))
+        except (OSError, LocalProtocolError):
+            ws.connected = False
+            self.request_close(code, reason)
+            return True
+        ws.connected = False
+        self.mark_closed()
+        if sock.unfinished:
+            self.request_close(code, reason)
+        else:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_WR)
+        return True
 
     def linger(self) -> None:
         """Close the socket once the peer has seen our close (bounded; SafeSocket.close).

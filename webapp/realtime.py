@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import gevent
 from flask import current_app
 
 from webapp import logs, metrics
@@ -35,6 +36,13 @@ from webapp.protocol import connected, encode
 from webapp.validation import InvalidEvent, check_draft, check_message
 
 logger = logging.getLogger(__name__)
+
+#: Sockets closed between two yields of the shutdown pass.
+SHUTDOWN_PASS_SLICE = 500
+#: How long the peers sent a close frame at shutdown have to answer before their sessions
+#: close anyway: in a storm a busy machine answers 10,000 close frames over several seconds,
+#: and well inside gunicorn's graceful_timeout (20 s).
+SHUTDOWN_ANSWER_SECONDS = 10.0
 
 
 class Realtime:
@@ -68,19 +76,44 @@ class Realtime:
                 self._started_pid = os.getpid()
 
     def shutdown(self) -> int:
-        """Ask every connection to close with 1012 so clients reconnect elsewhere."""
+        """Close every connection with 1012 so clients reconnect elsewhere.
+
+        One pass writes the close frames of idle sockets without waiting
+        (``send_close_now``): a session then ends once, on its peer's answer,
+        instead of being woken to write its close frame and again for the
+        peer's FIN (0.7 ms of CPU per socket, 10,000 of them while the next
+        server boots on the same machine: bench/README.md). The others, and
+        peers that have not answered within ``SHUTDOWN_ANSWER_SECONDS``, are
+        closed by their sessions as before. Runs once: gunicorn's master
+        passes its own SIGTERM on to a worker that already has one.
+        """
+        if self.shutting_down:
+            return 0
         self.shutting_down = True
         connections = list(self._open)
-        for connection in connections:
-            connection.request_close(CLOSE_RESTART, "Server restarting")
+        at_once = 0
+        for number, connection in enumerate(connections, 1):
+            if connection.send_close_now(CLOSE_RESTART, "Server restarting"):
+                at_once += 1
+            else:
+                connection.request_close(CLOSE_RESTART, "Server restarting")
+            if number % SHUTDOWN_PASS_SLICE == 0:
+                gevent.sleep(0)  # let deliveries and the listener's last accepts run
         for hook in self.shutdown_hooks:
             try:
                 hook()
             except Exception:
                 logger.exception("shutdown hook %r failed", hook)
-        logger.info("shutdown: closing %d connections with 1012", len(connections))
+        logger.info("shutdown: closing %d connections with 1012 (%d close frames sent at once)",
+                    len(connections), at_once)
         cut_reads()
+        gevent.spawn_later(SHUTDOWN_ANSWER_SECONDS, self._close_the_rest)
         return len(connections)
+
+    def _close_the_rest(self) -> None:
+        """Have the sessions whose peers never answered the close frame end now."""
+        for connection in list(self._open):
+            connection.request_close(CLOSE_RESTART, "Server restarting")
 
     # -- Node (called by the broker) --------------------------------------------
 
