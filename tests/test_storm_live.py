@@ -39,7 +39,9 @@ def test_a_stopping_server_refuses_new_connections_at_once_and_frees_the_port(se
         while time.monotonic() - signalled < 1.5:
             try:
                 socket.create_connection(("127.0.0.1", live.port), timeout=0.5).close()
-            except ConnectionRefusedError:
+            except (ConnectionRefusedError, ConnectionResetError):
+                # Refused, or reset: a connect that reached the backlog as the
+                # listener closed. Neither was served by the stopping worker.
                 pass
             else:
                 accepted_after.append(round(time.monotonic() - signalled, 3))
