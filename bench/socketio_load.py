@@ -10,8 +10,8 @@ peer ``bench/peers/socketio_app.py`` under the same gunicorn gevent worker):
 3. one event per POST as fast as ``--publishers`` keep-alive publishers go,
    to ``--receivers`` receiving clients (default 20): events/s delivered and
    the worker's CPU per event;
-4. (Callwire) ``--polling`` idle long-polling clients held by the worker,
-   with events at ``--rate`` to random ones: latency again.
+4. ``--polling`` idle long-polling clients held by the worker (``--polling-only``:
+   this phase alone), with events at ``--rate`` to random ones: latency again.
 
 The clients are raw Engine.IO v4 clients on gevent sockets (the wire format
 socket.io-client speaks: open packet, ``40{auth}``, pings answered with
@@ -407,8 +407,7 @@ def measure(name: str, server: LiveServer, args: argparse.Namespace) -> dict[str
     pid = worker_pid(server)
     result: dict[str, Any] = {"server": name}
     if args.polling_only:
-        if name == "callwire":
-            result["polling"] = measure_polling(name, server, pid, args)
+        result["polling"] = measure_polling(name, server, pid, args)
         return result
     warm, _ = open_clients(SioWebSocketClient, server.port, 10, f"{name}-warm", 10, None)
     gevent.sleep(2)
@@ -460,7 +459,7 @@ def measure(name: str, server: LiveServer, args: argparse.Namespace) -> dict[str
     if profiler is not None:
         profiler.wait(timeout=30)
     logger.info("%s throughput: %s", name, result["throughput_single"])
-    if args.polling and name == "callwire":
+    if args.polling:
         result["polling"] = measure_polling(name, server, pid, args)
     return result
 
@@ -479,7 +478,7 @@ def main() -> None:
     parser.add_argument("--polling", type=int, default=1000)
     parser.add_argument("--skip-peer", action="store_true")
     parser.add_argument("--polling-only", action="store_true",
-                        help="only the long-polling phase (Callwire; no peer)")
+                        help="only the long-polling phase")
     parser.add_argument("--profile", type=Path, default=None,
                         help="sample the worker with py-spy in each phase into DIR "
                              "(collapsed stacks; python -m bench.profile_top DIR/*.txt)")
@@ -496,7 +495,7 @@ def main() -> None:
         results["callwire"] = measure("callwire", callwire, args)
     finally:
         callwire.stop()
-    if not (args.skip_peer or args.polling_only):
+    if not args.skip_peer:
         peer = start_peer()
         try:
             results["flask_socketio"] = measure("flask_socketio", peer, args)
@@ -504,7 +503,8 @@ def main() -> None:
             peer.stop()
     results["uptime_after"] = subprocess.run(["uptime"], capture_output=True,
                                              text=True).stdout.strip()
-    path = save_result(f"socketio-{args.connections}", results)
+    path = save_result("socketio-polling" if args.polling_only else f"socketio-{args.connections}",
+                       results)
     print(json.dumps(results, indent=2))
     print(f"saved {path}")
 
