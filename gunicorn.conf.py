@@ -116,6 +116,10 @@ def post_worker_init(worker):
 ADMISSION_HIGH = 256
 ADMISSION_LOW = 128
 ADMISSION_CHECK_SECONDS = 0.01
+#: While fewer than ADMISSION_QUIET sockets wait for their init, the check runs
+#: this rarely: an idle worker then wakes 10 times a second, not 100.
+ADMISSION_QUIET = 32
+ADMISSION_QUIET_CHECK_SECONDS = 0.1
 ADMISSION_LAG_HIGH = 0.02
 ADMISSION_LAG_LOW = 0.005
 ADMISSION_PAUSE_MAX = 0.5
@@ -141,11 +145,12 @@ def admit_at_the_pace_of_inits(listeners, node):
     import gevent
 
     paused_at = None
+    period = ADMISSION_CHECK_SECONDS
     while not node.shutting_down:
         before = time.monotonic()
-        gevent.sleep(ADMISSION_CHECK_SECONDS)
+        gevent.sleep(period)
         now = time.monotonic()
-        lag = now - before - ADMISSION_CHECK_SECONDS
+        lag = now - before - period
         pools = [server.pool for server in listeners if server.pool is not None]
         waiting = sum(len(pool) for pool in pools) - node.hub.count()
         if paused_at is None:
@@ -159,6 +164,8 @@ def admit_at_the_pace_of_inits(listeners, node):
             for server in listeners:
                 if server.started:  # never after SIGTERM
                     server.start_accepting()
+        quiet = paused_at is None and waiting < ADMISSION_QUIET
+        period = ADMISSION_QUIET_CHECK_SECONDS if quiet else ADMISSION_CHECK_SECONDS
 
 
 def track_listeners():
