@@ -21,6 +21,7 @@ Everything Callwire writes goes through :func:`dumps` (frames) or
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -213,23 +214,18 @@ class StrictJSONProvider(DefaultJSONProvider):
             # Every REST answer (``response()`` outside debug mode): one encoder kept
             # per setting instead of the one ``json.dumps`` builds per call with
             # these arguments (about half the cost of encoding a publish answer).
-            return self._compact_encoder().encode(obj)
+            return self._compact_encoder.encode(obj)
         kwargs.setdefault("allow_nan", False)
         return super().dumps(obj, **kwargs)
 
+    @functools.cached_property
     def _compact_encoder(self) -> json.JSONEncoder:
-        """Return the encoder ``dumps(obj, separators=(",", ":"))`` would build, built once."""
-        key = (self.default, self.ensure_ascii, self.sort_keys)
-        encoder = _compact_encoders.get(key)
-        if encoder is None:
-            encoder = _compact_encoders[key] = json.JSONEncoder(
-                separators=(",", ":"), default=self.default, ensure_ascii=self.ensure_ascii,
-                sort_keys=self.sort_keys, allow_nan=False,
-            )
-        return encoder
+        """The encoder ``dumps(obj, separators=(",", ":"))`` would build, built once."""
+        return json.JSONEncoder(
+            separators=(",", ":"), default=self.default, ensure_ascii=self.ensure_ascii,
+            sort_keys=self.sort_keys, allow_nan=False,
+        )
 
 
 #: What Flask's ``DefaultJSONProvider.response`` passes to ``dumps`` for a compact answer.
 _COMPACT = {"separators": (",", ":")}
-#: Compact strict encoders by (default, ensure_ascii, sort_keys).
-_compact_encoders: dict[tuple[Any, bool, bool], json.JSONEncoder] = {}
